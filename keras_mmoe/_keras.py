@@ -1,0 +1,35 @@
+"""The one place that decides which Keras the package runs on.
+
+TensorFlow's ``tf.keras`` is Keras 3 by default and tf-keras (Keras 2) when the
+environment variable ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow is imported.
+Every module of keras_mmoe takes ``keras`` from here, so the same layer classes
+work under both and follow TensorFlow's own switch. Layer math is written with
+TensorFlow ops, which run under both.
+"""
+
+import tensorflow as tf
+
+keras = tf.keras
+
+#: True under Keras 3, False under tf-keras (``TF_USE_LEGACY_KERAS=1``).
+IS_KERAS_3 = not keras.__name__.startswith("tf_keras")
+
+#: Human-readable name of the Keras in use, for messages and reports.
+KERAS_FLAVOR = "keras3" if IS_KERAS_3 else "tf_keras"
+
+
+def register_serializable(cls):
+    """Registers ``cls`` as ``keras_mmoe>ClassName`` so loading needs no ``custom_objects``."""
+    return keras.utils.register_keras_serializable(package="keras_mmoe")(cls)
+
+
+def serialize(obj):
+    """Serializes a layer, initializer or regularizer into a config dict (None passes through)."""
+    if obj is None:
+        return None
+    return keras.saving.serialize_keras_object(obj)
+
+
+def deserialize_layer(config):
+    """Rebuilds a layer (or model) from the output of :func:`serialize`."""
+    return keras.layers.deserialize(config)

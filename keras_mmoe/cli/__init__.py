@@ -1,0 +1,1 @@
+"""The ``keras-mmoe`` command line. See :mod:`keras_mmoe.cli.main`."""

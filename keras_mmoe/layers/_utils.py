@@ -1,0 +1,139 @@
+"""Small helpers shared by the layers: argument validation and per-copy initializers."""
+
+import random
+
+import tensorflow as tf
+
+from keras_mmoe._keras import keras
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
+    return value
+
+
+def check_units(name, value):
+    """An int or a non-empty sequence of positive ints, returned as a tuple."""
+    units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        units = tuple(units)
+    except TypeError:
+        raise ValueError(
+            f"`{name}` must be a positive integer or a sequence of them, received: {name}={value!r}"
+        ) from None
+    if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+        raise ValueError(
+            f"`{name}` must be a positive integer or a non-empty sequence of positive integers, "
+            f"received: {name}={value!r}"
+        )
+    return units
+
+
+def check_hidden_units(name, value):
+    """A possibly empty sequence of positive ints, returned as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        units = tuple(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a sequence of positive integers, received: {name}={value!r}") from None
+    if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+        raise ValueError(f"`{name}` must be a sequence of positive integers, received: {name}={value!r}")
+    return units
+
+
+def check_rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a float in [0, 1), received: {name}={value!r}")
+    return float(value)
+
+
+def check_temperature(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"`{name}` must be a float > 0, received: {name}={value!r}")
+    return float(value)
+
+
+def check_seed(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"`{name}` must be None or a non-negative integer, received: {name}={value!r}")
+    return value
+
+
+def check_rank2(layer, argument, shape):
+    """Raises a ValueError unless ``shape`` is (batch, features) with known features."""
+    shape = tf.TensorShape(shape)
+    if shape.rank != 2:
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' expects `{argument}` of rank 2 "
+            f"(batch, features), received shape {tuple(shape.as_list()) if shape.rank is not None else shape}"
+        )
+    if shape[-1] is None:
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' needs the last dimension of `{argument}` to be known, "
+            f"received shape {tuple(shape.as_list())}"
+        )
+    return shape
+
+
+def fresh_seed():
+    """A random seed for when the user gave none (initial values still differ per copy)."""
+    return random.SystemRandom().randrange(2**31 - 1)
+
+
+def seeded_copy(initializer, seed):
+    """A copy of ``initializer`` with ``seed``, if it is a random initializer.
+
+    Keras initializers (both Keras 3 and tf-keras) return the same values on every call
+    when seeded, and tf-keras also when unseeded. A layer that needs several different
+    initial tensors (one per expert, one per gate) therefore asks for one copy per tensor
+    with seeds ``base, base + 1, ...``. Non-random initializers (zeros, constants) have
+    no seed and are returned unchanged.
+    """
+    initializer = keras.initializers.get(initializer)
+    config = initializer.get_config()
+    if "seed" not in config:
+        return initializer
+    config["seed"] = int(seed) % (2**31 - 1)
+    return type(initializer).from_config(config)
+
+
+def base_seed(initializer, layer_seed):
+    """The seed from which per-copy seeds are derived: the initializer's, the layer's, or random."""
+    initializer = keras.initializers.get(initializer)
+    own = initializer.get_config().get("seed")
+    if isinstance(own, int):
+        return own
+    if layer_seed is not None:
+        return layer_seed
+    return fresh_seed()
+
+
+class StackedInitializer:
+    """Initial value for ``count`` copies of a weight stacked along ``axis``, each drawn separately.
+
+    Each copy is drawn with the per-copy shape (the shape without ``axis``), so fan-in and
+    fan-out based initializers (Glorot, He) scale as they would for one expert alone.
+    """
+
+    def __init__(self, initializer, count, axis, seed):
+        self.copies = [seeded_copy(initializer, seed + i) for i in range(count)]
+        self.axis = axis
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        shape = list(shape)
+        single = shape[: self.axis] + shape[self.axis + 1 :]
+        values = [tf.convert_to_tensor(init(single, dtype=dtype)) for init in self.copies]
+        return tf.stack(values, axis=self.axis)
+
+
+def in_training(training):
+    """Python truth of Keras's ``training`` flag; a symbolic flag is resolved in the graph."""
+    if training is None:
+        return False
+    if isinstance(training, (bool, int)):
+        return bool(training)
+    return None  # a tensor: the caller uses smart_cond

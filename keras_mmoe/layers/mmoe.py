@@ -1,0 +1,243 @@
+"""MMoELayer: shared experts with one softmax gate per task (MMoE) or one shared gate (OMoE)."""
+
+import re
+
+import tensorflow as tf
+
+from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable, serialize
+from keras_mmoe.layers import _utils
+from keras_mmoe.layers.experts import ExpertBank
+from keras_mmoe.layers.gates import ExpertDropoutGate
+
+_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def resolve_task_names(num_tasks, task_names):
+    """Task names from ``num_tasks`` and/or ``task_names`` (``task_0``, ``task_1``... by default)."""
+    if task_names is None:
+        if num_tasks is None:
+            raise ValueError("Give `num_tasks` or `task_names`, received neither")
+        return [f"task_{i}" for i in range(_utils.check_positive_int("num_tasks", num_tasks))]
+    if isinstance(task_names, str):
+        raise ValueError(f"`task_names` must be a list of strings, received a string: task_names={task_names!r}")
+    task_names = list(task_names)
+    if not task_names:
+        raise ValueError("`task_names` must name at least one task, received: task_names=[]")
+    for name in task_names:
+        if not isinstance(name, str) or not _TASK_NAME.match(name):
+            raise ValueError(
+                "Each task name must be a string of letters, digits and underscores starting with a letter "
+                f"(it names outputs, losses and serving signature keys), received: {name!r}"
+            )
+    duplicates = sorted({n for n in task_names if task_names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"`task_names` must be unique, received duplicates {duplicates} in {task_names}")
+    if num_tasks is not None and num_tasks != len(task_names):
+        raise ValueError(
+            f"`num_tasks` ({num_tasks!r}) disagrees with `task_names` ({len(task_names)} names: {task_names})"
+        )
+    return task_names
+
+
+@register_serializable
+class MMoELayer(keras.layers.Layer):
+    """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018), or One-gate MoE with ``shared_gate``.
+
+    For input ``x`` (and optional gate input ``x_g``, default ``x``), with experts
+    ``f_1..f_n`` and one gate per task ``k``:
+
+        g^k(x_g) = softmax(W_gk x_g / temperature)          (batch, n)   eq. 8
+        f^k(x)   = sum_i g^k(x_g)_i f_i(x)                   (batch, u)   eq. 7
+
+    and the model's tower ``h^k`` then gives ``y_k = h^k(f^k(x))`` (eq. 6). With
+    ``shared_gate=True`` a single gate serves all tasks (the OMoE baseline). Gates are
+    :class:`ExpertDropoutGate` layers, so ``expert_dropout_rate`` applies expert dropout to
+    every gate during training. Built-in experts are an :class:`ExpertBank`: all experts
+    computed at once with stacked kernels, each expert initialized differently, and the
+    expert outputs computed once per call and shared by all tasks.
+
+    Args:
+        num_experts: number of experts n (>= 1).
+        expert_units: int (one-layer experts, as in the paper) or sequence (MLP experts).
+        num_tasks: number of tasks; optional when ``task_names`` is given.
+        task_names: names of the tasks (letters, digits, underscores); default ``task_0...``.
+        expert_activation: activation of the built-in experts' layers.
+        expert_dropout_rate: expert dropout probability of the gates, in [0, 1).
+        gate_temperature: softmax temperature of the gates (> 0).
+        gate_hidden_units: hidden layer sizes of the gate networks (default: linear gates).
+        shared_gate: one gate for all tasks (OMoE) instead of one per task (MMoE).
+        experts: optional list of Keras layers/models used as the experts instead of
+            built-in ones; each maps (batch, d) to (batch, u).
+        return_gate_weights: also return the gate weights.
+        use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer:
+            as in ``keras.layers.Dense``, for experts and gates.
+        seed: seed of initializers and expert dropout (None: random).
+
+    Call arguments:
+        inputs: expert input, (batch, d).
+        gate_inputs: optional gate input, (batch, d_g) with the same batch (the YouTube
+            placement, where gates may read a different input than the experts).
+        training: Keras training flag; expert dropout is active only in training.
+
+    Returns:
+        A list of ``num_tasks`` tensors (batch, u), in task order; with
+        ``return_gate_weights=True`` a tuple ``(task_outputs, gate_weights)`` with
+        ``gate_weights`` of shape (batch, num_tasks, num_experts).
+
+    Example:
+
+    >>> inputs = keras.Input((100,), name="features")
+    >>> click, conversion = keras_mmoe.MMoELayer(8, 16, task_names=["click", "conversion"])(inputs)
+    >>> outputs = {"click": keras.layers.Dense(1, "sigmoid", name="click")(click),
+    ...            "conversion": keras.layers.Dense(1, "sigmoid", name="conversion")(conversion)}
+    >>> model = keras.Model({"features": inputs}, outputs)
+
+    References: Ma et al., "Modeling Task Relationships in Multi-task Learning with
+    Multi-gate Mixture-of-Experts", KDD 2018; Zhao et al., RecSys 2019 (expert dropout).
+    """
+
+    def __init__(
+        self,
+        num_experts=None,
+        expert_units=None,
+        num_tasks=None,
+        task_names=None,
+        expert_activation="relu",
+        expert_dropout_rate=0.0,
+        gate_temperature=1.0,
+        gate_hidden_units=(),
+        shared_gate=False,
+        experts=None,
+        return_gate_weights=False,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.task_names = resolve_task_names(num_tasks, task_names)
+        self.num_tasks = len(self.task_names)
+        self.expert_dropout_rate = _utils.check_rate("expert_dropout_rate", expert_dropout_rate)
+        self.gate_temperature = _utils.check_temperature("gate_temperature", gate_temperature)
+        self.gate_hidden_units = _utils.check_hidden_units("gate_hidden_units", gate_hidden_units)
+        self.shared_gate = bool(shared_gate)
+        self.return_gate_weights = bool(return_gate_weights)
+        self.seed = _utils.check_seed("seed", seed)
+        if experts is None and num_experts is not None:
+            _utils.check_positive_int("num_experts", num_experts)
+        self.expert_bank = ExpertBank(
+            num_experts=num_experts,
+            units=expert_units,
+            activation=expert_activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            experts=experts,
+            seed=seed,
+            dtype=self.dtype_policy,
+            name="experts",
+        )
+        self.num_experts = self.expert_bank.num_experts
+        # Gates share the experts' settings; each gets its own seed range so that gates
+        # start different and draw independent dropout masks.
+        gate_seed = _utils.base_seed(self.expert_bank.kernel_initializer, seed) + 7919
+        num_gates = 1 if self.shared_gate else self.num_tasks
+        self.gates = [
+            ExpertDropoutGate(
+                num_experts=self.num_experts,
+                rate=self.expert_dropout_rate,
+                temperature=self.gate_temperature,
+                hidden_units=self.gate_hidden_units,
+                activation=expert_activation,
+                use_bias=use_bias,
+                kernel_initializer=_utils.seeded_copy(self.expert_bank.kernel_initializer, gate_seed + 1000 * g),
+                bias_initializer=bias_initializer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
+                seed=None if seed is None else seed + 1000 * g + 1,
+                dtype=self.dtype_policy,
+                name="shared_gate" if self.shared_gate else f"gate_{self.task_names[g]}",
+            )
+            for g in range(num_gates)
+        ]
+
+    def build(self, inputs_shape, gate_inputs_shape=None):
+        inputs_shape = _utils.check_rank2(self, "inputs", inputs_shape)
+        self.expert_bank.build(inputs_shape)
+        # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
+        # first. Under tf-keras, gates fed by `gate_inputs` build on their first call.
+        if gate_inputs_shape is not None or IS_KERAS_3:
+            gate_shape = inputs_shape if gate_inputs_shape is None else gate_inputs_shape
+            gate_shape = _utils.check_rank2(self, "gate_inputs", gate_shape)
+            for gate in self.gates:
+                gate.build(gate_shape)
+        self.built = True
+
+    def call(self, inputs, gate_inputs=None, training=None):
+        _utils.check_rank2(self, "inputs", inputs.shape)
+        if gate_inputs is None:
+            gate_inputs = inputs
+        else:
+            _utils.check_rank2(self, "gate_inputs", gate_inputs.shape)
+            batch, gate_batch = inputs.shape[0], gate_inputs.shape[0]
+            if batch is not None and gate_batch is not None and batch != gate_batch:
+                raise ValueError(
+                    f"MMoELayer '{self.name}': `gate_inputs` batch size {gate_batch} differs from "
+                    f"`inputs` batch size {batch}"
+                )
+            tf.debugging.assert_equal(
+                tf.shape(gate_inputs)[0], tf.shape(inputs)[0],
+                message=f"MMoELayer '{self.name}': `gate_inputs` batch size differs from `inputs` batch size",
+            )
+        experts = self.expert_bank(inputs, training=training)  # (batch, E, u), computed once
+        if self.shared_gate:
+            weights = self.gates[0](gate_inputs, training=training)  # (batch, E)
+            mixed = tf.einsum("be,beu->bu", weights, experts)
+            outputs = [tf.identity(mixed) for _ in self.task_names]
+            if self.return_gate_weights:
+                gate_weights = tf.broadcast_to(
+                    weights[:, None, :], (tf.shape(weights)[0], self.num_tasks, self.num_experts)
+                )
+        else:
+            gate_weights = tf.stack([gate(gate_inputs, training=training) for gate in self.gates], axis=1)
+            mixed = tf.einsum("bte,beu->btu", gate_weights, experts)  # (batch, T, u)
+            outputs = tf.unstack(mixed, num=self.num_tasks, axis=1)
+        if self.return_gate_weights:
+            return outputs, gate_weights
+        return outputs
+
+    def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
+        batch = tf.TensorShape(inputs_shape)[0]
+        outputs = [(batch, self.expert_bank.output_units) for _ in self.task_names]
+        if self.return_gate_weights:
+            return outputs, (batch, self.num_tasks, self.num_experts)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        bank = self.expert_bank
+        config.update(
+            num_experts=self.num_experts,
+            expert_units=None if bank.experts is not None else list(bank.units),
+            num_tasks=self.num_tasks,
+            task_names=list(self.task_names),
+            expert_activation=keras.activations.serialize(bank.activation),
+            expert_dropout_rate=self.expert_dropout_rate,
+            gate_temperature=self.gate_temperature,
+            gate_hidden_units=list(self.gate_hidden_units),
+            shared_gate=self.shared_gate,
+            experts=[serialize(e) for e in bank.experts] if bank.experts is not None else None,
+            return_gate_weights=self.return_gate_weights,
+            use_bias=bank.use_bias,
+            kernel_initializer=serialize(bank.kernel_initializer),
+            bias_initializer=serialize(bank.bias_initializer),
+            kernel_regularizer=serialize(bank.kernel_regularizer),
+            bias_regularizer=serialize(bank.bias_regularizer),
+            seed=self.seed,
+        )
+        return config

@@ -1,0 +1,30 @@
+"""Whole multi-task models: dict inputs, one tower per task, dict outputs keyed by task name."""
+
+from keras_mmoe.models.builders import (
+    build_mmoe,
+    build_omoe,
+    build_shared_bottom,
+    build_single_task,
+    make_inputs,
+    towers,
+)
+from keras_mmoe.models.tasks import compile_kwargs, normalize_tasks
+
+BUILDERS = {
+    "mmoe": build_mmoe,
+    "omoe": build_omoe,
+    "shared_bottom": build_shared_bottom,
+    "single_task": build_single_task,
+}
+
+__all__ = [
+    "BUILDERS",
+    "build_mmoe",
+    "build_omoe",
+    "build_shared_bottom",
+    "build_single_task",
+    "compile_kwargs",
+    "make_inputs",
+    "normalize_tasks",
+    "towers",
+]

@@ -1,0 +1,180 @@
+"""Builders of whole multi-task models: the MMoE paper's section 5 models.
+
+Every builder returns a Functional ``keras.Model`` whose inputs are a dict of named
+``keras.Input`` (so exported serving signatures have named inputs) and whose outputs are
+a dict keyed by task name, so losses, metrics and ``tf.data`` labels are keyed by task name
+too. Each task has its own tower ``h^k`` (Dense layers, then one output unit: sigmoid for
+binary tasks, linear for regression), computed in float32 under mixed precision.
+
+    MMoE           y_k = h^k( sum_i g^k(x)_i f_i(x) )        one gate per task
+    OMoE           y_k = h^k( sum_i g(x)_i f_i(x) )          one gate for all tasks
+    Shared-Bottom  y_k = h^k( f(x) )                         one shared MLP bottom
+    Single-Task    y_k = h^k( f^k(x) )                       a separate network per task
+"""
+
+import tensorflow as tf
+
+from keras_mmoe._keras import keras
+from keras_mmoe.layers import MMoELayer
+from keras_mmoe.layers import _utils
+from keras_mmoe.models.tasks import normalize_tasks, output_activation
+
+
+def make_inputs(inputs):
+    """Normalizes ``inputs`` to a dict of named Keras inputs.
+
+    ``inputs`` may be an int ``d`` (one float input ``features`` of shape (d,)), a single
+    ``keras.Input`` (keyed by its name) or a dict of them.
+    """
+    if isinstance(inputs, int) and not isinstance(inputs, bool):
+        _utils.check_positive_int("inputs", inputs)
+        return {"features": keras.Input((inputs,), name="features")}
+    if isinstance(inputs, dict):
+        if not inputs:
+            raise ValueError("`inputs` must hold at least one keras.Input, received an empty dict")
+        return dict(inputs)
+    name = getattr(inputs, "name", None)
+    if name is None:
+        raise ValueError(f"`inputs` must be an int, a keras.Input or a dict of them, received: {inputs!r}")
+    return {name.split(":")[0]: inputs}
+
+
+def default_features(inputs):
+    """The model's dense feature vector when no ``features`` tensor is given: the inputs concatenated."""
+    tensors = [inputs[name] for name in sorted(inputs)]
+    for name in sorted(inputs):
+        t = inputs[name]
+        if t.dtype not in (tf.float16, tf.float32, tf.float64, "float16", "float32", "float64") or len(t.shape) != 2:
+            raise ValueError(
+                f"Input {name!r} (dtype {t.dtype}, shape {tuple(t.shape)}) cannot feed the model directly; "
+                "pass `features`, a dense (batch, d) tensor computed from the inputs (for example by "
+                "keras_mmoe.features.build_feature_encoder)"
+            )
+    return tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name="features_concat")(tensors)
+
+
+def _mlp(x, units, activation, prefix, kernel_regularizer=None, dropout=0.0):
+    for i, u in enumerate(units):
+        x = keras.layers.Dense(u, activation=activation, kernel_regularizer=kernel_regularizer, name=f"{prefix}_{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout_{i}")(x)
+    return x
+
+
+def towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0):
+    """One tower per task on its input tensor; returns ``{task: output}`` (float32)."""
+    outputs = {}
+    for name, kind in tasks.items():
+        h = _mlp(task_inputs[name], tower_units, activation, f"{name}_tower", kernel_regularizer, dropout)
+        outputs[name] = keras.layers.Dense(1, activation=output_activation(kind), dtype="float32", name=name)(h)
+    return outputs
+
+
+def _resolve(inputs, tasks, features):
+    inputs = make_inputs(inputs)
+    tasks = normalize_tasks(tasks)
+    features = default_features(inputs) if features is None else features
+    return inputs, tasks, features
+
+
+def build_mmoe(
+    inputs,
+    tasks,
+    *,
+    features=None,
+    gate_features=None,
+    num_experts=8,
+    expert_units=16,
+    tower_units=(8,),
+    expert_dropout_rate=0.0,
+    gate_temperature=1.0,
+    gate_hidden_units=(),
+    shared_gate=False,
+    expert_activation="relu",
+    tower_activation="relu",
+    tower_dropout=0.0,
+    kernel_regularizer=None,
+    return_gate_weights=False,
+    seed=None,
+    name="mmoe",
+):
+    """MMoE (or OMoE with ``shared_gate=True``): MMoELayer, then one tower per task.
+
+    Args:
+        inputs: int d, a keras.Input, or a dict of named keras.Input (the model's inputs).
+        tasks: ``{name: "binary" | "regression"}`` or a list of names (binary).
+        features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
+        gate_features: optional different input for the gates (YouTube placement).
+        return_gate_weights: add an output ``gate_weights`` (batch, tasks, experts).
+        Other arguments: see :class:`keras_mmoe.MMoELayer` and :func:`towers`.
+    """
+    inputs, tasks, features = _resolve(inputs, tasks, features)
+    layer = MMoELayer(
+        num_experts=num_experts,
+        expert_units=expert_units,
+        task_names=list(tasks),
+        expert_activation=expert_activation,
+        expert_dropout_rate=expert_dropout_rate,
+        gate_temperature=gate_temperature,
+        gate_hidden_units=gate_hidden_units,
+        shared_gate=shared_gate,
+        kernel_regularizer=kernel_regularizer,
+        return_gate_weights=return_gate_weights,
+        seed=seed,
+        name="omoe" if shared_gate else "mmoe",
+    )
+    result = layer(features, gate_inputs=gate_features) if gate_features is not None else layer(features)
+    task_outputs, gate_weights = result if return_gate_weights else (result, None)
+    outputs = towers(dict(zip(tasks, task_outputs)), tasks, tower_units, tower_activation, kernel_regularizer, tower_dropout)
+    if return_gate_weights:
+        outputs["gate_weights"] = keras.layers.Activation("linear", dtype="float32", name="gate_weights")(gate_weights)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_omoe(inputs, tasks, **kwargs):
+    """One-gate Mixture-of-Experts: :func:`build_mmoe` with one gate shared by all tasks."""
+    kwargs.setdefault("name", "omoe")
+    return build_mmoe(inputs, tasks, shared_gate=True, **kwargs)
+
+
+def build_shared_bottom(
+    inputs,
+    tasks,
+    *,
+    features=None,
+    bottom_units=(113,),
+    tower_units=(8,),
+    activation="relu",
+    tower_dropout=0.0,
+    kernel_regularizer=None,
+    name="shared_bottom",
+):
+    """Shared-Bottom: one MLP bottom shared by all tasks, then one tower per task."""
+    inputs, tasks, features = _resolve(inputs, tasks, features)
+    bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer)
+    outputs = towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_single_task(
+    inputs,
+    tasks,
+    *,
+    features=None,
+    hidden_units=(64,),
+    tower_units=(8,),
+    activation="relu",
+    tower_dropout=0.0,
+    kernel_regularizer=None,
+    name="single_task",
+):
+    """Single-Task baseline: an independent network per task, sharing nothing but the inputs.
+
+    Built as one model with a dict output so that it trains, evaluates and exports like the
+    others; no parameter is shared, so each task's gradients are its own.
+    """
+    inputs, tasks, features = _resolve(inputs, tasks, features)
+    units = _utils.check_units("hidden_units", hidden_units)
+    hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer) for t in tasks}
+    outputs = towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    return keras.Model(inputs, outputs, name=name)
