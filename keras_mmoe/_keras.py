@@ -9,10 +9,15 @@ TensorFlow ops, which run under both.
 
 import tensorflow as tf
 
-keras = tf.keras
-
 #: True under Keras 3, False under tf-keras (``TF_USE_LEGACY_KERAS=1``).
-IS_KERAS_3 = not keras.__name__.startswith("tf_keras")
+IS_KERAS_3 = not tf.keras.__name__.startswith("tf_keras")
+
+if IS_KERAS_3:
+    # tf.keras is then `keras._tf_keras.keras`, a reduced namespace (no `saving`, no
+    # `export`); the classes are the same, so take the full top-level Keras 3 module.
+    import keras
+else:
+    keras = tf.keras
 
 #: Human-readable name of the Keras in use, for messages and reports.
 KERAS_FLAVOR = "keras3" if IS_KERAS_3 else "tf_keras"

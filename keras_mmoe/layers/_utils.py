@@ -137,3 +137,14 @@ def in_training(training):
     if isinstance(training, (bool, int)):
         return bool(training)
     return None  # a tensor: the caller uses smart_cond
+
+
+def build_sublayer(layer, input_shape):
+    """Builds a tracked sub-layer under its own name scope.
+
+    tf-keras names weights after the active name scope and opens none for an explicit
+    ``build()``; without this, two gates' ``kernel`` weights get the same name (and HDF5
+    saving fails). Keras 3 opens the scope itself; the extra scope is harmless there.
+    """
+    with tf.name_scope(layer.name):
+        layer.build(input_shape)

@@ -103,7 +103,7 @@ class ExpertBank(keras.layers.Layer):
             widths = []
             for expert in self.experts:
                 if not expert.built:
-                    expert.build(shape)
+                    _utils.build_sublayer(expert, shape)
                 out = tf.TensorShape(expert.compute_output_shape(shape))
                 widths.append(out[-1] if out.rank == 2 else None)
             if len(set(widths)) != 1 or widths[0] is None:

@@ -113,9 +113,9 @@ class ExpertDropoutGate(keras.layers.Layer):
     def build(self, input_shape):
         shape = _utils.check_rank2(self, "inputs", input_shape)
         for layer in self.hidden_layers:
-            layer.build(shape)
+            _utils.build_sublayer(layer, shape)
             shape = tf.TensorShape([shape[0], layer.units])
-        self.logits_layer.build(shape)
+        _utils.build_sublayer(self.logits_layer, shape)
         if self.rate > 0:
             # State of the stateless random draws: [seed, counter]. A variable (not a Python
             # counter) so that each step of a compiled training loop draws a new mask.

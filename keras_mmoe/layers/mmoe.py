@@ -126,8 +126,15 @@ class MMoELayer(keras.layers.Layer):
         self.shared_gate = bool(shared_gate)
         self.return_gate_weights = bool(return_gate_weights)
         self.seed = _utils.check_seed("seed", seed)
-        if experts is None and num_experts is not None:
+        if experts is None:
+            # Validated here so that errors name this layer's arguments, not the bank's.
+            if num_experts is None or expert_units is None:
+                raise ValueError(
+                    "Give `num_experts` and `expert_units` (built-in experts) or `experts` (custom experts), "
+                    f"received: num_experts={num_experts!r}, expert_units={expert_units!r}"
+                )
             _utils.check_positive_int("num_experts", num_experts)
+            expert_units = _utils.check_units("expert_units", expert_units)
         self.expert_bank = ExpertBank(
             num_experts=num_experts,
             units=expert_units,
@@ -166,17 +173,37 @@ class MMoELayer(keras.layers.Layer):
             for g in range(num_gates)
         ]
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
+        # first, so note the gate input's shape for build() before the first call.
+        if not IS_KERAS_3 and not self.built:
+            gate_inputs = kwargs.get("gate_inputs", args[0] if args else None)
+            self._gate_inputs_shape = None if gate_inputs is None else gate_inputs.shape
+        return super().__call__(inputs, *args, **kwargs)
+
     def build(self, inputs_shape, gate_inputs_shape=None):
         inputs_shape = _utils.check_rank2(self, "inputs", inputs_shape)
-        self.expert_bank.build(inputs_shape)
-        # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
-        # first. Under tf-keras, gates fed by `gate_inputs` build on their first call.
-        if gate_inputs_shape is not None or IS_KERAS_3:
-            gate_shape = inputs_shape if gate_inputs_shape is None else gate_inputs_shape
-            gate_shape = _utils.check_rank2(self, "gate_inputs", gate_shape)
-            for gate in self.gates:
-                gate.build(gate_shape)
+        _utils.build_sublayer(self.expert_bank, inputs_shape)
+        if gate_inputs_shape is None:
+            gate_inputs_shape = getattr(self, "_gate_inputs_shape", None)
+        gate_shape = inputs_shape if gate_inputs_shape is None else gate_inputs_shape
+        gate_shape = _utils.check_rank2(self, "gate_inputs", gate_shape)
+        for gate in self.gates:
+            _utils.build_sublayer(gate, gate_shape)
+        self._gate_inputs_shape = None if gate_inputs_shape is None else tuple(gate_shape.as_list())
         self.built = True
+
+    def get_build_config(self):
+        # tf-keras rebuilds a loaded layer from the first input's shape only; keep the gates'.
+        config = super().get_build_config()
+        if config is not None and getattr(self, "_gate_inputs_shape", None) is not None:
+            config["gate_inputs_shape"] = list(self._gate_inputs_shape)
+        return config
+
+    def build_from_config(self, config):
+        if config.get("gate_inputs_shape") is not None:
+            self._gate_inputs_shape = tuple(config["gate_inputs_shape"])
+        super().build_from_config(config)
 
     def call(self, inputs, gate_inputs=None, training=None):
         _utils.check_rank2(self, "inputs", inputs.shape)
