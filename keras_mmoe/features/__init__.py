@@ -1,0 +1,9 @@
+"""Raw-feature preprocessing built from Keras preprocessing layers, inside the model.
+
+The vocabularies and statistics are adapted on training data and live in the layers, so a
+saved or exported model takes raw features (strings and floats) in TF Serving.
+"""
+
+from keras_mmoe.features.naming import sanitize_feature_name, sanitize_feature_names
+
+__all__ = ["sanitize_feature_name", "sanitize_feature_names"]
