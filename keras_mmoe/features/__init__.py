@@ -5,5 +5,6 @@ saved or exported model takes raw features (strings and floats) in TF Serving.
 """
 
 from keras_mmoe.features.naming import sanitize_feature_name, sanitize_feature_names
+from keras_mmoe.features.encoder import build_feature_encoder, census_feature_encoder
 
-__all__ = ["sanitize_feature_name", "sanitize_feature_names"]
+__all__ = ["build_feature_encoder", "census_feature_encoder", "sanitize_feature_name", "sanitize_feature_names"]
