@@ -1,0 +1,57 @@
+"""Gate diagnostics: utilization, entropy, effective experts and polarization of MMoE gates.
+
+    report = keras_mmoe.diagnostics.diagnose(model, validation_dataset)
+    print(report)                                  # Markdown table, one row per task
+    callback = keras_mmoe.diagnostics.GateDiagnostics(small_dataset, log_dir="logs/gates")
+    model.fit(..., callbacks=[callback])           # gate/<task>/... in History and TensorBoard
+
+See :func:`gate_statistics` for the formulas and the polarization rule.
+"""
+
+from keras_mmoe.diagnostics.callback import GateDiagnostics
+from keras_mmoe.diagnostics.plots import plot_gate_heatmap, plot_utilization_over_epochs
+from keras_mmoe.diagnostics.probe import build_gate_probe, find_mmoe_layers, gate_weights_from_model
+from keras_mmoe.diagnostics.stats import GateReport, TaskGateStats, gate_statistics
+
+
+def diagnose(
+    model,
+    data,
+    steps=None,
+    layer=None,
+    batch_size=None,
+    polarization_threshold=0.9,
+    polarized_fraction=0.5,
+    unused_threshold=None,
+):
+    """Gate statistics of a model's MMoELayer on ``data``: :func:`gate_weights_from_model`
+    followed by :func:`gate_statistics` with the layer's task names.
+
+    Returns a :class:`GateReport`; ``print(report)`` shows a Markdown table.
+    """
+    from keras_mmoe.diagnostics.probe import build_gate_probe as _build, predict_gate_weights
+
+    probe, target, path = _build(model, layer)
+    weights = predict_gate_weights(probe, target, data, steps=steps, batch_size=batch_size)
+    return gate_statistics(
+        weights,
+        task_names=target.task_names,
+        polarization_threshold=polarization_threshold,
+        polarized_fraction=polarized_fraction,
+        unused_threshold=unused_threshold,
+        layer_name=path,
+    )
+
+
+__all__ = [
+    "GateDiagnostics",
+    "GateReport",
+    "TaskGateStats",
+    "build_gate_probe",
+    "diagnose",
+    "find_mmoe_layers",
+    "gate_statistics",
+    "gate_weights_from_model",
+    "plot_gate_heatmap",
+    "plot_utilization_over_epochs",
+]

@@ -1,0 +1,154 @@
+"""GateDiagnostics: a Keras callback recording gate statistics at the end of epochs."""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from keras_mmoe._keras import keras
+from keras_mmoe.diagnostics.probe import build_gate_probe, predict_gate_weights
+from keras_mmoe.diagnostics.stats import gate_statistics
+
+#: Per-task statistics recorded in ``GateDiagnostics.history``, each as an array (tasks,) per epoch.
+_SCALARS = ("entropy", "utilization_entropy", "effective_experts", "effective_experts_per_example",
+            "max_weight_fraction", "polarized")
+
+
+
+
+def _plugin_metadata(plugin_name, data_class):
+    """The summary metadata TensorBoard's scalar and text plugins write, built with core TF only:
+    ``tf.summary.scalar``/``text`` raise when the tensorboard package is absent, while
+    ``tf.summary.write`` with this metadata produces the same event records."""
+    metadata = summary_pb2.SummaryMetadata(data_class=data_class)
+    metadata.plugin_data.plugin_name = plugin_name
+    return metadata
+
+
+_SCALAR_METADATA = _plugin_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
+_TEXT_METADATA = _plugin_metadata("text", summary_pb2.DATA_CLASS_TENSOR)
+
+
+class GateDiagnostics(keras.callbacks.Callback):
+    """Computes gate statistics on ``data`` at the end of epochs, into History and TensorBoard.
+
+    At the end of every ``every``-th epoch (epochs 0, every, 2*every, ...) the callback runs
+    the gates of the model's MMoELayer in inference mode on ``data`` (keep it small: a
+    few hundred held-out examples), computes :func:`gate_statistics` and
+
+    - adds to the epoch's ``logs``, hence to ``History.history``, for each task ``t``:
+      ``gate/t/entropy``, ``gate/t/utilization_entropy``, ``gate/t/effective_experts``,
+      ``gate/t/effective_experts_per_example``, ``gate/t/max_weight_fraction``,
+      ``gate/t/num_unused_experts``, ``gate/t/polarized`` (0.0 or 1.0) and
+      ``gate/t/utilization_<i>`` for each expert ``i`` (``gate`` is ``prefix``). On epochs
+      it skips (``every > 1``) no key is added, so these History lists are shorter than
+      the loss's; ``history["epoch"]`` says which epochs they belong to;
+    - keeps them in :attr:`history` (``epoch``, ``utilization`` as (tasks, experts) arrays,
+      and the scalars above as (tasks,) arrays) and the reports in :attr:`reports`, ready for
+      :func:`plot_utilization_over_epochs`;
+    - with ``log_dir``, writes the same scalars (step = epoch) and the Markdown report as
+      text to a TensorBoard event file in ``log_dir`` (use a directory of its own, e.g.
+      ``<tensorboard dir>/gates``, so it shows as a separate run).
+
+    Place it before callbacks that read these keys (EarlyStopping, CSVLogger, TensorBoard).
+
+    Args:
+        data: held-out examples, anything ``model.predict`` takes (a ``tf.data.Dataset`` of
+            features or (features, labels), a dict of arrays).
+        log_dir: optional TensorBoard directory.
+        every: compute every this many epochs (>= 1).
+        steps: number of batches of ``data`` to use (None: all).
+        layer: which MMoELayer (name, path or instance) when the model holds several.
+        prefix: first component of the logged keys.
+        polarization_threshold, polarized_fraction, unused_threshold: see :func:`gate_statistics`.
+        verbose: print the report after each computation when true.
+
+    Example:
+
+    >>> callback = GateDiagnostics(val_ds.take(4), log_dir="logs/gates")
+    >>> history = model.fit(train_ds, epochs=10, callbacks=[callback])
+    >>> history.history["gate/click/effective_experts"]
+    """
+
+    def __init__(
+        self,
+        data,
+        log_dir=None,
+        every=1,
+        steps=None,
+        layer=None,
+        prefix="gate",
+        polarization_threshold=0.9,
+        polarized_fraction=0.5,
+        unused_threshold=None,
+        verbose=False,
+    ):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"`every` must be an integer >= 1, received: every={every!r}")
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"`prefix` must be a non-empty string, received: prefix={prefix!r}")
+        self.data = data
+        self.log_dir = None if log_dir is None else str(log_dir)
+        self.every = int(every)
+        self.steps = steps
+        self.layer = layer
+        self.prefix = prefix
+        self.thresholds = dict(
+            polarization_threshold=polarization_threshold,
+            polarized_fraction=polarized_fraction,
+            unused_threshold=unused_threshold,
+        )
+        self.verbose = bool(verbose)
+        self.reports = []
+        self.history = {"epoch": [], "utilization": [], **{name: [] for name in _SCALARS}}
+        self.task_names = None
+        self._probe = None
+        self._writer = None
+
+    def _ensure_probe(self):
+        if self._probe is None or self._probe[0] is not self.model:
+            probe, target, path = build_gate_probe(self.model, self.layer)
+            self._probe = (self.model, probe, target, path)
+        return self._probe[1:]
+
+    def compute(self):
+        """Runs the gates on ``data`` now and returns the :class:`GateReport` (records nothing)."""
+        probe, target, path = self._ensure_probe()
+        weights = predict_gate_weights(probe, target, self.data, steps=self.steps)
+        return gate_statistics(weights, task_names=target.task_names, layer_name=path, **self.thresholds)
+
+    def on_train_begin(self, logs=None):
+        self._ensure_probe()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch % self.every != 0:
+            return
+        report = self.compute()
+        self.task_names = report.task_names
+        self.reports.append(report)
+        self.history["epoch"].append(int(epoch))
+        self.history["utilization"].append(report.utilization)
+        for name in _SCALARS:
+            self.history[name].append(np.array([float(getattr(t, name)) for t in report.tasks]))
+        values = report.to_logs(self.prefix)
+        if logs is not None:
+            logs.update(values)
+        if self.log_dir is not None:
+            self._write_summaries(epoch, values, report)
+        if self.verbose:
+            print(f"\nGate diagnostics, epoch {epoch}:\n{report}")
+
+    def _write_summaries(self, epoch, values, report):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            for name, value in values.items():
+                tf.summary.write(name, tf.constant(value, tf.float32), step=epoch, metadata=_SCALAR_METADATA)
+            tf.summary.write(f"{self.prefix}/report", tf.constant(report.to_markdown()), step=epoch,
+                             metadata=_TEXT_METADATA)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
