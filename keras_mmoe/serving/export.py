@@ -1,0 +1,206 @@
+"""Export a multi-task Keras model as a versioned SavedModel for TensorFlow Serving.
+
+What: :func:`export_for_serving` writes ``base_dir/<version>/`` (``saved_model.pb``,
+``variables/``, ``assets/`` and, with ``warmup_inputs``, ``assets.extra/tf_serving_warmup_requests``)
+with the signatures of :mod:`keras_mmoe.serving.signatures` (tag ``serve``, method
+``tensorflow/serving/predict``).
+
+Why it is built this way:
+
+* TF Serving watches ``base_dir`` and loads every child whose name is an integer. A version
+  must therefore appear complete or not at all: the SavedModel is written into a sibling
+  ``.tmp-export-<version>-<random>`` directory (not an integer, so TF Serving ignores it) and
+  renamed into place with ``os.rename``, atomic on one filesystem. A crash mid-export leaves at
+  worst that hidden directory, never a half-written version. An exception removes it.
+* ``overwrite=True`` replaces a version as a whole: the new export is completed first, then the
+  old directory is renamed away, the new one renamed in, the old one deleted. Between those two
+  renames (microseconds) the version is absent; POSIX has no atomic directory swap.
+* The platform forces one step to differ per Keras flavour (design.md): under Keras 3,
+  ``tf.saved_model.save`` of a module holding the model writes variables that the TF1 session
+  loader (TF Serving's path) cannot find, so Keras 3 goes through ``keras.export.ExportArchive``,
+  which tracks the underlying ``tf.Variable`` objects; under tf-keras a ``tf.Module`` holding the
+  model and the signature ``tf.function`` is saved with ``tf.saved_model.save``. The signature
+  functions, example parsing, versioning, atomic rename and warmup are shared.
+"""
+
+import os
+import shutil
+import tempfile
+
+from keras_mmoe._keras import IS_KERAS_3
+from keras_mmoe.serving import warmup as _warmup
+from keras_mmoe.serving.signatures import DEFAULT_SIGNATURE, EXAMPLES_SIGNATURE, ServingFunctions
+
+TEMP_PREFIX = ".tmp-export-"
+
+
+def list_versions(base_dir):
+    """``{version: directory name}`` of the children of ``base_dir`` that TF Serving loads as versions."""
+    versions = {}
+    if not os.path.isdir(base_dir):
+        return versions
+    for name in os.listdir(base_dir):
+        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(base_dir, name)):
+            versions.setdefault(int(name), name)
+    return versions
+
+
+def next_version(base_dir):
+    """One more than the highest numeric version in ``base_dir`` (1 when there is none)."""
+    versions = list_versions(base_dir)
+    return max(versions) + 1 if versions else 1
+
+
+def _check_version(version):
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"`version` must be None or an integer >= 1, received: version={version!r}")
+    return version
+
+
+def _save_keras3(functions, path, examples_signature):
+    from keras_mmoe._keras import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(functions.model)
+    archive.add_endpoint(DEFAULT_SIGNATURE, functions.raw, functions.raw_signature())
+    if examples_signature:
+        archive.add_endpoint(EXAMPLES_SIGNATURE, functions.examples, functions.examples_signature())
+    archive.write_out(path, verbose=False)
+
+
+def _save_tf_keras(functions, path, examples_signature):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.model = functions.model
+    if functions.gate_weights is not None and functions.gate_weights.sub_model is not None:
+        module.gate_inputs_model = functions.gate_weights.sub_model
+    module.serving_default = tf.function(functions.raw, input_signature=functions.raw_signature())
+    signatures = {DEFAULT_SIGNATURE: module.serving_default}
+    if examples_signature:
+        module.predict_examples = tf.function(functions.examples, input_signature=functions.examples_signature())
+        signatures[EXAMPLES_SIGNATURE] = module.predict_examples
+    tf.saved_model.save(module, path, signatures=signatures)
+
+
+def _write_saved_model(functions, path, examples_signature):
+    """Writes the SavedModel into the (existing, empty) directory ``path``."""
+    if IS_KERAS_3:
+        _save_keras3(functions, path, examples_signature)
+    else:
+        _save_tf_keras(functions, path, examples_signature)
+    os.makedirs(os.path.join(path, "assets"), exist_ok=True)
+
+
+def _install(temp_dir, target, overwrite):
+    """Renames the finished export ``temp_dir`` to ``target`` (replacing it as a whole if asked)."""
+    base_dir = os.path.dirname(target)
+    if not os.path.exists(target):
+        os.rename(temp_dir, target)
+        return
+    if not overwrite:
+        raise FileExistsError(f"Version directory {target} already exists; pass overwrite=True to replace it")
+    old = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}replaced-{os.path.basename(target)}-", dir=base_dir)
+    os.rmdir(old)  # only the unique name is wanted
+    os.rename(target, old)
+    try:
+        os.rename(temp_dir, target)
+    except BaseException:
+        os.rename(old, target)  # put the previous version back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_for_serving(
+    model,
+    base_dir,
+    version=None,
+    *,
+    examples_signature=True,
+    include_gate_weights=False,
+    warmup_inputs=None,
+    overwrite=False,
+    example_defaults=None,
+):
+    """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
+
+    Signatures (tag ``serve``, method ``tensorflow/serving/predict``), all running the model with
+    ``training=False`` (dropout and expert dropout off):
+
+    * ``serving_default``: the model's named raw inputs (names, dtypes and shapes of its
+      ``keras.Input``, batch dimension ``None``) -> ``{task: (batch, 1)}``: probabilities for
+      binary (sigmoid) tasks, values for regression tasks. With ``include_gate_weights=True``
+      also ``{<task>_gate_weights: (batch, num_experts)}``.
+    * ``predict_examples`` (``examples_signature=True``): input ``examples``, a 1-D string
+      tensor of serialized ``tf.train.Example`` whose features are the model's inputs by name
+      (float_list / int64_list / bytes_list, fixed length); same outputs. String values never seen
+      in training map to the ``StringLookup``'s OOV index, as in ``serving_default``. Missing
+      features: see ``example_defaults``.
+
+    Args:
+        model: Functional Keras model with a dict of named inputs and a dict of outputs keyed by
+            task name (every builder of :mod:`keras_mmoe.models`).
+        base_dir: the model's directory as TF Serving's ``--model_base_path`` sees it.
+        version: positive integer; default: one more than the highest numeric version in
+            ``base_dir`` (1 when there is none).
+        examples_signature: also export ``predict_examples``.
+        include_gate_weights: also output each task's gate weights (model with one MMoELayer).
+        warmup_inputs: a dict of arrays (one row per example) or a list of them; each becomes a
+            warmup ``PredictRequest`` per signature in ``assets.extra/tf_serving_warmup_requests``.
+            Needs tensorflow-serving-api (``pip install keras-mmoe[serving]``).
+        overwrite: replace an existing version directory (as a whole) instead of raising.
+        example_defaults: which ``tf.train.Example`` features may be missing: ``None`` (all
+            required; a missing one fails the request with ``InvalidArgumentError`` naming the
+            feature), ``"zeros"`` (all optional: 0 or ``""``), or ``{name: default}``. See
+            :func:`keras_mmoe.serving.example_feature_spec`.
+
+    Returns:
+        The version directory, ``base_dir/<version>``.
+
+    Raises:
+        ValueError: the model's inputs are not named dense features, outputs not a dict, bad arguments.
+        FileExistsError: the version exists and ``overwrite`` is False (nothing is changed).
+        ImportError: ``warmup_inputs`` given without tensorflow-serving-api installed.
+    """
+    if not isinstance(base_dir, (str, os.PathLike)) or not os.fspath(base_dir):
+        raise ValueError(f"`base_dir` must be a directory path, received: base_dir={base_dir!r}")
+    base_dir = os.path.abspath(os.fspath(base_dir))
+    version = _check_version(version)
+    for arg, value in (("examples_signature", examples_signature), ("include_gate_weights", include_gate_weights),
+                       ("overwrite", overwrite)):
+        if not isinstance(value, bool):
+            raise ValueError(f"`{arg}` must be True or False, received: {arg}={value!r}")
+    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
+        raise ValueError(f"`base_dir` must be a directory, received the file {base_dir}")
+
+    # Validate everything before touching the filesystem.
+    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults)
+    if examples_signature:
+        functions.feature_spec  # noqa: B018 (raises for inputs that cannot be Example features)
+    warmup_batches = None
+    if warmup_inputs is not None:
+        _warmup.import_serving_apis()
+        warmup_batches = _warmup.normalize_warmup_inputs(warmup_inputs, functions.input_specs)
+
+    os.makedirs(base_dir, exist_ok=True)
+    if version is None:
+        version = next_version(base_dir)
+    existing = list_versions(base_dir).get(version)
+    target = os.path.join(base_dir, existing or str(version))
+    if existing is not None and not overwrite:
+        raise FileExistsError(f"Version directory {target} already exists; pass overwrite=True to replace it")
+
+    temp_dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-", dir=base_dir)
+    try:
+        _write_saved_model(functions, temp_dir, examples_signature)
+        if warmup_batches is not None:
+            model_name = os.path.basename(base_dir)
+            requests = _warmup.warmup_requests(warmup_batches, model_name, examples_signature=examples_signature)
+            _warmup.write_warmup_file(temp_dir, requests)
+        _install(temp_dir, target, overwrite)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return target
