@@ -127,19 +127,22 @@ def test_separate_process_never_imported_keras_mmoe(exported):
     assert exported["messages"]["keras_mmoe_imported"] is False
 
 
-@pytest.mark.parametrize("key", ["features", "mmoe"])
 @pytest.mark.parametrize("loader", ["tf2", "tf1"])
-@pytest.mark.parametrize("signature", ["serving_default", "predict_examples"])
-@pytest.mark.parametrize("batch", ["b1", "b1000"])
-def test_loaded_signature_equals_in_memory_prediction(exported, key, loader, signature, batch):
-    expected = exported["expected"][key][batch]
+def test_loaded_signatures_equal_in_memory_predictions(exported, loader):
+    """Both models, both signatures (raw and tf.Example), batches of 1 and 1000 rows."""
     results = exported["results"]
-    for name, value in expected.items():
-        got = results[f"{key}/{loader}/{signature}/{batch}/{name}"]
-        assert got.shape == value.shape, name
-        np.testing.assert_allclose(got, value, atol=ATOL, rtol=0, err_msg=f"{key} {loader} {signature} {batch} {name}")
-    prefix = f"{key}/{loader}/{signature}/{batch}/"
-    assert sorted(k[len(prefix):] for k in results if k.startswith(prefix)) == sorted(expected)
+    checked = 0
+    for key in ("features", "mmoe"):
+        for signature in ("serving_default", "predict_examples"):
+            for batch, expected in exported["expected"][key].items():
+                prefix = f"{key}/{loader}/{signature}/{batch}/"
+                assert sorted(k[len(prefix):] for k in results if k.startswith(prefix)) == sorted(expected), prefix
+                for name, value in expected.items():
+                    got = results[prefix + name]
+                    assert got.shape == value.shape, prefix + name
+                    np.testing.assert_allclose(got, value, atol=ATOL, rtol=0, err_msg=prefix + name)
+                    checked += 1
+    assert checked == 2 * 2 * 2 + 2 * 2 * 4  # signatures x batches x outputs (features 2; mmoe 2 tasks + 2 gates)
 
 
 def test_unseen_strings_are_in_the_checked_batch_and_change_predictions(exported):
