@@ -136,9 +136,8 @@ def test_dead_experts_and_custom_unused_threshold():
     assert gate_statistics(w, unused_threshold=0.5).dead_experts == [1, 2]
 
 
-@pytest.mark.parametrize(
-    "weights, kwargs, match",
-    [
+def test_statistics_validate_their_input():
+    cases = [
         (np.full((4, 3), 1 / 3), {}, "examples, tasks, experts"),
         (np.zeros((0, 1, 2)), {}, "empty"),
         (np.full((2, 1, 2), 0.4), {}, "sum to 1"),
@@ -147,11 +146,10 @@ def test_dead_experts_and_custom_unused_threshold():
         (np.full((2, 2, 2), 0.5), {"task_names": ["a"]}, "task_names"),
         (np.full((2, 1, 2), 0.5), {"polarization_threshold": 1.5}, "polarization_threshold"),
         (np.full((2, 1, 2), 0.5), {"polarized_fraction": -0.1}, "polarized_fraction"),
-    ],
-)
-def test_statistics_validate_their_input(weights, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        gate_statistics(weights, **kwargs)
+    ]
+    for weights, kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            gate_statistics(weights, **kwargs)
 
 
 def test_report_text_dict_and_logs():
@@ -264,20 +262,25 @@ def _tiny_fit_setup(rng, n=32):
     return model, train, held_out, x
 
 
-def _event_tags(log_dir):
-    tags = set()
+def _read_events(log_dir):
+    """``{(tag, step): (plugin name, value)}`` from the TensorBoard event files in ``log_dir``."""
+    found = {}
     for path in glob.glob(f"{log_dir}/events.out.tfevents.*"):
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
-            tags.update(v.tag for v in event.summary.value)
-    return tags
+            for value in event.summary.value:
+                found[(value.tag, event.step)] = (value.metadata.plugin_data.plugin_name,
+                                                  tf.make_ndarray(value.tensor))
+    return found
 
 
 def test_callback_records_history_and_tensorboard(rng, tmp_path):
     model, train, held_out, x = _tiny_fit_setup(rng)
     log_dir = tmp_path / "gates"
     callback = GateDiagnostics(held_out, log_dir=log_dir)
-    history = model.fit(train, epochs=2, callbacks=[callback], verbose=0)
+    # A second callback on the same fit: every other epoch, one batch, its own key prefix.
+    sparse = GateDiagnostics(held_out, every=2, steps=1, prefix="g")
+    history = model.fit(train, epochs=2, callbacks=[callback, sparse], verbose=0)
 
     keys = [f"gate/{t}/{s}" for t in ("click", "buy") for s in (
         "entropy", "utilization_entropy", "effective_experts", "effective_experts_per_example",
@@ -299,22 +302,27 @@ def test_callback_records_history_and_tensorboard(rng, tmp_path):
     assert np.stack(callback.history["entropy"]).shape == (2, 2)
     assert len(callback.reports) == 2 and callback.task_names == ["click", "buy"]
 
-    tags = _event_tags(log_dir)
+    events = _read_events(log_dir)
     for key in keys:
-        assert key in tags, (key, sorted(tags))
-    assert "gate/report" in tags
+        for epoch in (0, 1):
+            assert (key, epoch) in events, (key, sorted(events))
+            plugin, value = events[(key, epoch)]
+            assert plugin == "scalars"
+            assert float(value) == pytest.approx(history.history[key][epoch], rel=1e-6, abs=1e-7)
+    plugin, text = events[("gate/report", 1)]
+    assert plugin == "text" and b"| buy |" in text.item()
+
+    assert sparse.history["epoch"] == [0]
+    assert len(history.history["g/click/entropy"]) == 1 and len(history.history["loss"]) == 2
+    assert sparse.reports[0].num_examples == 5  # steps=1: one batch of 5
 
 
-def test_callback_every_other_epoch(rng):
-    model, train, held_out, _ = _tiny_fit_setup(rng, n=16)
-    callback = GateDiagnostics(held_out, every=2, steps=1, prefix="g")
-    history = model.fit(train, epochs=3, callbacks=[callback], verbose=0)
-    assert callback.history["epoch"] == [0, 2]
-    assert len(history.history["g/click/entropy"]) == 2 and len(history.history["loss"]) == 3
-    assert callback.reports[0].num_examples == 5  # steps=1 batch of 5
-    with pytest.raises(ValueError, match="every"):
-        GateDiagnostics(held_out, every=0)
-
+def test_callback_arguments_are_validated():
+    for every in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every"):
+            GateDiagnostics(None, every=every)
+    with pytest.raises(ValueError, match="prefix"):
+        GateDiagnostics(None, prefix="")
 
 # ---------------------------------------------------------------- plots
 
@@ -371,3 +379,26 @@ def test_plots_name_the_extra_when_matplotlib_is_missing(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install keras-mmoe\[plots\]"):
         plot_utilization_over_epochs([report])
     assert isinstance(report, GateReport)
+
+
+def test_probing_leaves_the_model_savable(rng, tmp_path):
+    model = build_mmoe(4, ["a", "b"], num_experts=3, expert_units=4, seed=1)
+    x = {"features": rng.normal(size=(6, 4)).astype("float32")}
+    before = diagnose(model, x)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    expected, actual = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    for task in ("a", "b"):
+        np.testing.assert_allclose(actual[task], expected[task], atol=1e-6)
+    np.testing.assert_allclose(diagnose(loaded, x).utilization, before.utilization, atol=1e-6)
+
+
+def test_mixed_precision_gates(rng):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model = build_mmoe(4, ["a", "b"], num_experts=3, expert_units=4, seed=1)
+    x = {"features": rng.normal(size=(6, 4)).astype("float32")}
+    w = gate_weights_from_model(model, x)
+    assert w.dtype == np.float32 and w.shape == (6, 2, 3)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=5e-3)
+    assert diagnose(model, x)["a"].effective_experts > 1.0

@@ -10,7 +10,12 @@ See :func:`gate_statistics` for the formulas and the polarization rule.
 
 from keras_mmoe.diagnostics.callback import GateDiagnostics
 from keras_mmoe.diagnostics.plots import plot_gate_heatmap, plot_utilization_over_epochs
-from keras_mmoe.diagnostics.probe import build_gate_probe, find_mmoe_layers, gate_weights_from_model
+from keras_mmoe.diagnostics.probe import (
+    build_gate_probe,
+    find_mmoe_layers,
+    gate_weights_from_model,
+    predict_gate_weights,
+)
 from keras_mmoe.diagnostics.stats import GateReport, TaskGateStats, gate_statistics
 
 
@@ -27,11 +32,19 @@ def diagnose(
     """Gate statistics of a model's MMoELayer on ``data``: :func:`gate_weights_from_model`
     followed by :func:`gate_statistics` with the layer's task names.
 
-    Returns a :class:`GateReport`; ``print(report)`` shows a Markdown table.
-    """
-    from keras_mmoe.diagnostics.probe import build_gate_probe as _build, predict_gate_weights
+    Args:
+        model, data, steps, layer, batch_size: see :func:`gate_weights_from_model`.
+        polarization_threshold, polarized_fraction, unused_threshold: see :func:`gate_statistics`.
 
-    probe, target, path = _build(model, layer)
+    Returns a :class:`GateReport`; ``print(report)`` shows a Markdown table.
+
+    Example:
+
+    >>> report = diagnose(model, validation_ds.take(10))
+    >>> report.polarized_tasks, report.dead_experts
+    >>> report["click"].effective_experts
+    """
+    probe, target, path = build_gate_probe(model, layer)
     weights = predict_gate_weights(probe, target, data, steps=steps, batch_size=batch_size)
     return gate_statistics(
         weights,
@@ -54,4 +67,5 @@ __all__ = [
     "gate_weights_from_model",
     "plot_gate_heatmap",
     "plot_utilization_over_epochs",
+    "predict_gate_weights",
 ]

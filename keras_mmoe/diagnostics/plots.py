@@ -53,7 +53,6 @@ def plot_gate_heatmap(stats, ax=None, task_names=None, annotate=True, cmap="viri
         fig = _figure_class()(figsize=(1.2 + 0.7 * matrix.shape[1], 1.2 + 0.5 * matrix.shape[0]))
         ax = fig.add_subplot(1, 1, 1)
     else:
-        _figure_class()
         fig = ax.figure
     vmax = float(matrix.max()) if matrix.max() > 0 else 1.0
     image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
