@@ -9,12 +9,22 @@ from keras_mmoe.models.builders import (
     towers,
 )
 from keras_mmoe.models.tasks import compile_kwargs, normalize_tasks
+from keras_mmoe.models.baselines import (
+    budget_table,
+    build_cross_stitch,
+    build_l2_constrained,
+    build_tensor_factorization,
+    census_budget_kwargs,
+)
 
 BUILDERS = {
     "mmoe": build_mmoe,
     "omoe": build_omoe,
     "shared_bottom": build_shared_bottom,
     "single_task": build_single_task,
+    "l2_constrained": build_l2_constrained,
+    "cross_stitch": build_cross_stitch,
+    "tensor_factorization": build_tensor_factorization,
 }
 
 __all__ = [
@@ -27,4 +37,11 @@ __all__ = [
     "make_inputs",
     "normalize_tasks",
     "towers",
+]
+__all__ += [
+    "budget_table",
+    "build_cross_stitch",
+    "build_l2_constrained",
+    "build_tensor_factorization",
+    "census_budget_kwargs",
 ]
