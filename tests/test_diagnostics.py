@@ -274,12 +274,12 @@ def _read_events(log_dir):
     return found
 
 
-def test_callback_records_history_and_tensorboard(rng, tmp_path):
+def test_callback_records_history_and_tensorboard(rng, tmp_path, capsys):
     model, train, held_out, x = _tiny_fit_setup(rng)
     log_dir = tmp_path / "gates"
     callback = GateDiagnostics(held_out, log_dir=log_dir)
     # A second callback on the same fit: every other epoch, one batch, its own key prefix.
-    sparse = GateDiagnostics(held_out, every=2, steps=1, prefix="g")
+    sparse = GateDiagnostics(held_out, every=2, steps=1, prefix="g", verbose=True)
     history = model.fit(train, epochs=2, callbacks=[callback, sparse], verbose=0)
 
     keys = [f"gate/{t}/{s}" for t in ("click", "buy") for s in (
@@ -315,6 +315,8 @@ def test_callback_records_history_and_tensorboard(rng, tmp_path):
     assert sparse.history["epoch"] == [0]
     assert len(history.history["g/click/entropy"]) == 1 and len(history.history["loss"]) == 2
     assert sparse.reports[0].num_examples == 5  # steps=1: one batch of 5
+    printed = capsys.readouterr().out
+    assert printed.count("Gate diagnostics, epoch") == 1 and "over 5 examples" in printed
 
 
 def test_callback_arguments_are_validated():
