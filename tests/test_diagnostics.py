@@ -200,6 +200,9 @@ def test_gate_weights_from_model_match_numpy_and_gate_output(rng):
     w = gate_weights_from_model(exposed, ds)
     np.testing.assert_allclose(w, exposed.predict({"features": x}, verbose=0)["gate_weights"], atol=1e-6)
     assert gate_weights_from_model(exposed, ds, steps=2).shape == (10, 2, 3)
+    # The probe is built once per model and layer, not once per call.
+    probe, layer, path = build_gate_probe(exposed)
+    assert build_gate_probe(exposed)[0] is probe and path == "mmoe" and layer is exposed.get_layer("mmoe")
 
 
 def test_shared_gate_and_gate_inputs(rng):

@@ -7,6 +7,8 @@ MMoELayer in the model's graph (its ``gate_inputs`` when given, else its ``input
 and it works whether or not the layer was built with ``return_gate_weights=True``.
 """
 
+import weakref
+
 import numpy as np
 
 from keras_mmoe._keras import IS_KERAS_3, keras
@@ -105,6 +107,11 @@ def _gate_tensors(model, target):
     return None
 
 
+#: Probes already built, per model and requested layer: building one calls the gate layers on
+#: symbolic tensors, which adds a node to them each time, so repeated diagnoses reuse it.
+_PROBES = weakref.WeakKeyDictionary()
+
+
 def build_gate_probe(model, layer=None):
     """A Functional model from ``model``'s inputs to the gate weights of one of its MMoELayers.
 
@@ -123,10 +130,17 @@ def build_gate_probe(model, layer=None):
             f"Gate diagnostics need a Functional model, received {type(model).__name__} {getattr(model, 'name', '')!r}"
         )
     path, target = _select_layer(model, layer)
+    try:
+        cached = _PROBES.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: build every time
+        cached = {}
+    if id(target) in cached:
+        return cached[id(target)]
     tensors = _gate_tensors(model, target)
     if tensors is None:  # pragma: no cover - _select_layer found it, so the walk does too
         raise ValueError(f"MMoELayer {path!r} not found in the graph of {model.name!r}")
     probe = keras.Model(model.input, tensors, name=f"{target.name}_gate_probe")
+    cached[id(target)] = (probe, target, path)
     return probe, target, path
 
 
