@@ -162,7 +162,8 @@ def gate_weights_from_model(model, data, steps=None, layer=None, batch_size=None
     """Gate weights of a model's MMoELayer on ``data``, shape (examples, tasks, experts).
 
     The gates run in inference mode (no expert dropout). A shared gate (OMoE) is
-    broadcast to every task.
+    broadcast to every task. When the same MMoELayer is called more than once in the model,
+    the gates are read on the inputs of its first call that belongs to the model.
 
     Args:
         model: a Functional model holding an MMoELayer (e.g. from :func:`keras_mmoe.models.build_mmoe`).
