@@ -50,6 +50,10 @@ def test_two_exports_give_versions_1_and_2(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["1", "2"]
     assert list_versions(str(tmp_path)) == {1: "1", 2: "2"} and next_version(str(tmp_path)) == 3
     np.testing.assert_allclose(served(second, X), np.asarray(model({"x": X})["y"]), atol=1e-6)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # Readable like any directory the user creates (tempfile.mkdtemp would give 0700).
+    assert os.stat(second).st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_explicit_version_and_versions_that_tf_serving_ignores(tmp_path):

@@ -24,8 +24,8 @@ Why it is built this way:
 """
 
 import os
+import secrets
 import shutil
-import tempfile
 
 from keras_mmoe._keras import IS_KERAS_3
 from keras_mmoe.serving import warmup as _warmup
@@ -49,6 +49,26 @@ def next_version(base_dir):
     """One more than the highest numeric version in ``base_dir`` (1 when there is none)."""
     versions = list_versions(base_dir)
     return max(versions) + 1 if versions else 1
+
+
+def _unique_sibling(base_dir, label):
+    """A new, unused path ``base_dir/.tmp-export-<label>-<random>`` (not created)."""
+    while True:
+        path = os.path.join(base_dir, f"{TEMP_PREFIX}{label}-{secrets.token_hex(4)}")
+        if not os.path.lexists(path):
+            return path
+
+
+def _make_temp_dir(base_dir, version):
+    """Creates the hidden sibling the export is written to (``os.mkdir``: the umask's permissions,
+    unlike ``tempfile.mkdtemp``'s 0700, so TF Serving running as another user can read it)."""
+    while True:
+        path = _unique_sibling(base_dir, version)
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _check_version(version):
@@ -102,8 +122,7 @@ def _install(temp_dir, target, overwrite):
         return
     if not overwrite:
         raise FileExistsError(f"Version directory {target} already exists; pass overwrite=True to replace it")
-    old = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}replaced-{os.path.basename(target)}-", dir=base_dir)
-    os.rmdir(old)  # only the unique name is wanted
+    old = _unique_sibling(base_dir, f"replaced-{os.path.basename(target)}")
     os.rename(target, old)
     try:
         os.rename(temp_dir, target)
@@ -192,7 +211,7 @@ def export_for_serving(
     if existing is not None and not overwrite:
         raise FileExistsError(f"Version directory {target} already exists; pass overwrite=True to replace it")
 
-    temp_dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-", dir=base_dir)
+    temp_dir = _make_temp_dir(base_dir, version)
     try:
         _write_saved_model(functions, temp_dir, examples_signature)
         if warmup_batches is not None:

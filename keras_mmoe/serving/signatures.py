@@ -46,7 +46,7 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 def _dtype(x):
-    return tf.as_dtype(x.dtype if not isinstance(x.dtype, str) else x.dtype)
+    return tf.as_dtype(x.dtype)  # a string under Keras 3, a tf.DType under tf-keras
 
 
 def _structure(model, attr):
