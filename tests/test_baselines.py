@@ -20,6 +20,8 @@ from keras_mmoe.models import (
 from keras_mmoe.models.baselines import count_params_formula
 
 TASKS = {"y1": "regression", "y2": "binary"}
+# Keras 3 compiles train steps with XLA when it can ("auto"); tracing is cheaper without (short runs).
+NO_XLA = dict(jit_compile=False) if IS_KERAS_3 else {}
 NEW_BUILDERS = {
     "l2_constrained": dict(hidden_units=(12,), tower_units=(4,), l2_tie=1e-2, seed=1),
     "cross_stitch": dict(hidden_units=(12, 6), tower_units=(4,)),
@@ -71,12 +73,10 @@ def test_cross_stitch_two_tasks_default_init_and_higher_rank_inputs(rng):
     np.testing.assert_allclose(outs[1].numpy(), 0.1 * xs[0] + 0.9 * xs[1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "kwargs,match", [(dict(self_weight=1.5), r"self_weight=1\.5"), (dict(self_weight="x"), "self_weight='x'")]
-)
-def test_cross_stitch_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        CrossStitch(**kwargs)
+def test_cross_stitch_bad_arguments():
+    for kwargs, match in [(dict(self_weight=1.5), r"self_weight=1\.5"), (dict(self_weight="x"), "self_weight='x'")]:
+        with pytest.raises(ValueError, match=match):
+            CrossStitch(**kwargs)
 
 
 def test_cross_stitch_bad_inputs(rng):
@@ -164,7 +164,7 @@ def test_l2_constrained_training_shrinks_the_difference_between_tasks(data):
         keras.utils.set_random_seed(0)
         model = build_l2_constrained(10, TASKS, hidden_units=(8,), tower_units=(4,), l2_tie=tie, seed=3)
         start = kernel_gap(model)
-        model.compile(keras.optimizers.Adam(0.02), **compile_kwargs(TASKS))
+        model.compile(keras.optimizers.Adam(0.02), **compile_kwargs(TASKS), **NO_XLA)
         model.fit(_dataset(data), epochs=3, verbose=0)
         gaps[tie] = (start, kernel_gap(model))
     assert gaps[0.0][0] == pytest.approx(gaps[1.0][0])  # same seeded start
@@ -172,19 +172,17 @@ def test_l2_constrained_training_shrinks_the_difference_between_tasks(data):
     assert gaps[1.0][1] < 0.3 * gaps[0.0][1]  # ... far closer than without the tie
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
+def test_l2_tied_dense_bad_arguments():
+    cases = [
         (dict(units=0, num_tasks=2), "units=0"),
         (dict(units=2, num_tasks=0), "num_tasks=0"),
         (dict(units=2, num_tasks=2, l2_tie=-1.0), r"l2_tie=-1\.0"),
         (dict(units=2, num_tasks=2, penalty="max"), "penalty='max'"),
         (dict(units=2, num_tasks=2, seed=-3), "seed=-3"),
-    ],
-)
-def test_l2_tied_dense_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        L2TiedDense(**kwargs)
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            L2TiedDense(**kwargs)
 
 
 def test_l2_tied_dense_bad_inputs():
@@ -232,19 +230,17 @@ def test_tensor_factorized_dense_low_rank_matches_numpy_and_counts_parameters(rn
     assert layer.count_params() == 6 * 3 + 5 * 2 + 2 * 1 + 3 * 2 * 1 + 2 * 5
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
+def test_tensor_factorized_dense_bad_arguments():
+    cases = [
         (dict(units=0, num_tasks=2), "units=0"),
         (dict(units=2, num_tasks=-1), "num_tasks=-1"),
         (dict(units=2, num_tasks=2, ranks=(1, 2)), r"ranks=\(1, 2\)"),
         (dict(units=2, num_tasks=2, ranks=(1, 0, 1)), r"ranks=\(1, 0, 1\)"),
         (dict(units=2, num_tasks=2, ranks=3), "ranks=3"),
-    ],
-)
-def test_tensor_factorized_dense_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        TensorFactorizedDense(**kwargs)
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            TensorFactorizedDense(**kwargs)
 
 
 def test_tensor_factorized_dense_ranks_above_full_rank_raise():
@@ -299,7 +295,7 @@ def test_get_config_round_trips_every_argument(cls, args):
 @pytest.mark.parametrize("kind", sorted(NEW_BUILDERS))
 def test_each_new_builder_trains_one_epoch_on_tf_data_with_dict_outputs(kind, data):
     model = BUILDERS[kind](data.x.shape[1], TASKS, **NEW_BUILDERS[kind])
-    model.compile(keras.optimizers.Adam(0.01), **compile_kwargs(TASKS))
+    model.compile(keras.optimizers.Adam(0.01), **compile_kwargs(TASKS), **NO_XLA)
     before = [w.copy() for w in model.get_weights()]
     history = model.fit(_dataset(data), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -396,6 +392,21 @@ def test_save_and_load_gives_identical_predictions_without_custom_objects(kind, 
         np.testing.assert_allclose(sum(float(v) for v in loaded.losses), sum(float(v) for v in model.losses),
                                    rtol=1e-5)
         assert isinstance(loaded.get_layer("l2_hidden_0"), L2TiedDense)
+
+
+def test_baselines_export_for_tf_serving_with_core_ops_and_identical_outputs(data, tmp_path):
+    from keras_mmoe.serving import export_for_serving
+    from keras_mmoe.serving.inspection import check_serving_ops
+
+    x = {"features": data.x[:16]}
+    for kind, kwargs in NEW_BUILDERS.items():
+        model = BUILDERS[kind](10, TASKS, **kwargs)
+        expected = model.predict(x, verbose=0)
+        export_dir = export_for_serving(model, str(tmp_path / kind), version=1, examples_signature=False)
+        assert check_serving_ops(export_dir).ok, kind
+        served = tf.saved_model.load(export_dir).signatures["serving_default"](features=tf.constant(x["features"]))
+        for task in TASKS:
+            np.testing.assert_allclose(served[task].numpy(), expected[task], rtol=1e-5, atol=1e-6)
 
 
 def test_public_api():

@@ -30,7 +30,11 @@ class L2TiedDense(keras.layers.Layer):
     ``penalty="pairwise"`` (default) sums over all task pairs, and ``penalty="mean"`` ties each
     task to the tasks' mean, ``sum_t ||W_t - mean_s W_s||^2``; the two differ only by the
     factor T (``pairwise = T * mean``), so ``"mean"`` is the pairwise penalty divided by T.
-    The penalty is computed in float32; :meth:`tie_penalty` returns it unscaled.
+    The penalty is computed in float32; :meth:`tie_penalty` returns it unscaled. As with
+    every loss added in ``call``, ``model.losses`` holds the values of the model's last call
+    (graph tensors after ``predict``, which runs a traced function): call the model eagerly,
+    or use :meth:`tie_penalty`, to read the current value. ``fit`` and ``evaluate`` add the
+    penalty of each step to the loss they report.
 
     Weights: ``kernel`` (T, d, u), each task's slice drawn separately with seed
     ``seed + t`` (so Glorot scales as for one Dense layer and the tasks start different);
