@@ -67,8 +67,8 @@ def exported(tmp_path_factory):
     warmup = feature_batch(3, seed=7)
     feature_dir = export_for_serving(feature_model, str(root / "features"), warmup_inputs=warmup)
     reference, tasks_only = build_mmoe_models()
-    mmoe_dir = export_for_serving(tasks_only, str(root / "mmoe"), include_gate_weights=True,
-                                  warmup_inputs=mmoe_batch(2, seed=9))
+    mmoe_warmup = mmoe_batch(2, seed=9)
+    mmoe_dir = export_for_serving(tasks_only, str(root / "mmoe"), include_gate_weights=True, warmup_inputs=mmoe_warmup)
 
     feature_batches = {"b1": feature_batch(1, seed=1), "b1000": feature_batch(1000, seed=2)}
     mmoe_batches = {"b1": mmoe_batch(1, seed=1), "b1000": mmoe_batch(1000, seed=2)}
@@ -87,7 +87,7 @@ def exported(tmp_path_factory):
     }
     return {
         "root": root, "feature_model": feature_model, "feature_dir": feature_dir, "mmoe_dir": mmoe_dir,
-        "reference": reference, "warmup": warmup, "batches": {"features": feature_batches, "mmoe": mmoe_batches},
+        "reference": reference, "warmup": warmup, "mmoe_warmup": mmoe_warmup, "batches": {"features": feature_batches, "mmoe": mmoe_batches},
         "expected": expected, "results": results, "messages": messages,
     }
 
@@ -182,8 +182,12 @@ def test_warmup_records_replay_to_in_memory_predictions(exported):
     for name, value in exported["warmup"].items():
         np.testing.assert_array_equal(results[f"features/warmup_inputs/0/{name}"], value)
     mmoe_requests = read_warmup_file(exported["mmoe_dir"])
-    assert len(mmoe_requests) == 2 and "mmoe/warmup/1/predict_examples/click_gate_weights/" not in results
-    assert "mmoe/warmup/1/predict_examples/click_gate_weights" in results
+    assert [r.model_spec.signature_name for r in mmoe_requests] == ["serving_default", "predict_examples"]
+    expected = mmoe_expected(exported["reference"], exported["mmoe_warmup"])
+    for i, request in enumerate(mmoe_requests):
+        for name, value in expected.items():  # task outputs and gate weights
+            got = results[f"mmoe/warmup/{i}/{request.model_spec.signature_name}/{name}"]
+            np.testing.assert_allclose(got, value, atol=ATOL, rtol=0)
 
 
 def test_every_op_is_registered_and_none_calls_python(exported):

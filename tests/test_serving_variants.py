@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_mmoe._keras import keras
 from keras_mmoe.models import build_mmoe, build_omoe
 from keras_mmoe.serving import example_feature_spec, export_for_serving, input_specs, make_examples
-from serving_models import build_feature_model, feature_batch, predict, to_tensors
+from serving_models import build_feature_model, feature_batch, predict
 
 ATOL = 1e-5
 TASKS = {"ctr": "binary", "time": "regression", "rating": "regression"}
@@ -161,10 +161,3 @@ def test_warmup_without_tensorflow_serving_api_says_what_to_install(tmp_path, mo
         export_for_serving(build_feature_model(), str(tmp_path), warmup_inputs=feature_batch(2))
     assert os.listdir(tmp_path) == []
 
-
-def test_feature_model_direct_call_matches_to_tensors_helper():
-    """Guards the helper the comparisons rely on: predict() is model(..., training=False)."""
-    model = build_feature_model()
-    inputs = feature_batch(4)
-    direct = model(to_tensors(inputs), training=False)
-    np.testing.assert_array_equal(predict(model, inputs)["value"], np.asarray(direct["value"]))
