@@ -186,10 +186,12 @@ def _probe_batch(census_data):
 @pytest.mark.parametrize("nominal_encoding", ["one_hot", "embedding"])
 def test_census_model_fits_and_round_trips(census_data, nominal_encoding, tmp_path):
     model = _census_model(census_data, nominal_encoding)
-    history = model.fit(census_data.train, validation_data=census_data.validation, epochs=2, verbose=0)
+    one_hot = nominal_encoding == "one_hot"
+    validation = census_data.validation if one_hot else None
+    history = model.fit(census_data.train, validation_data=validation, epochs=2 if one_hot else 1, verbose=0)
     for values in history.history.values():
         assert np.all(np.isfinite(values))
-    if nominal_encoding == "one_hot":
+    if one_hot:
         # A logistic regression on the encoded features: marital status is easy from age & co.
         assert history.history["val_marital_auc"][-1] > 0.85
     probe = _probe_batch(census_data)
