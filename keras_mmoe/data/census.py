@@ -37,8 +37,9 @@ UCI attribute names sanitized by :func:`keras_mmoe.features.sanitize_feature_nam
 worker"`` -> ``"class_of_worker"``); :attr:`CensusData.uci_names` maps them back.
 
 Parsing is plain Python (``str.split`` of the whole text, then one NumPy reshape), faster here
-than ``csv`` and than ``tf.strings.split``: loading both full files (decompress, verify, parse,
-build the datasets) takes about 5 s on one core.
+than ``csv`` and than ``tf.strings.split``: reading both full files (decompress, verify, parse)
+took 3.2-6 s and the whole :func:`load_census_income` 6-11 s on a 2-core machine shared with
+other jobs.
 """
 
 import gzip
