@@ -7,6 +7,7 @@ models load without ``custom_objects``.
 
 from keras_mmoe._keras import IS_KERAS_3, KERAS_FLAVOR
 from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer
+from keras_mmoe import diagnostics, models  # noqa: E402  (public subpackages)
 
 __version__ = "0.1.0"
 
