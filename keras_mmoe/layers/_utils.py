@@ -4,7 +4,7 @@ import random
 
 import tensorflow as tf
 
-from keras_mmoe._keras import keras
+from keras_mmoe._keras import keras, serialize
 
 
 def check_positive_int(name, value):
@@ -148,3 +148,26 @@ def build_sublayer(layer, input_shape):
     """
     with tf.name_scope(layer.name):
         layer.build(input_shape)
+
+
+def set_dense_arguments(layer, activation, use_bias, kernel_initializer, bias_initializer,
+                        kernel_regularizer, bias_regularizer):
+    """Stores the ``keras.layers.Dense``-style arguments on ``layer``, resolved to Keras objects."""
+    layer.activation = keras.activations.get(activation)
+    layer.use_bias = bool(use_bias)
+    layer.kernel_initializer = keras.initializers.get(kernel_initializer)
+    layer.bias_initializer = keras.initializers.get(bias_initializer)
+    layer.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    layer.bias_regularizer = keras.regularizers.get(bias_regularizer)
+
+
+def dense_arguments_config(layer):
+    """The config entries of the arguments stored by :func:`set_dense_arguments`."""
+    return dict(
+        activation=keras.activations.serialize(layer.activation),
+        use_bias=layer.use_bias,
+        kernel_initializer=serialize(layer.kernel_initializer),
+        bias_initializer=serialize(layer.bias_initializer),
+        kernel_regularizer=serialize(layer.kernel_regularizer),
+        bias_regularizer=serialize(layer.bias_regularizer),
+    )

@@ -83,12 +83,9 @@ class ExpertBank(keras.layers.Layer):
             units = _utils.check_units("units", units)
         self.num_experts = _utils.check_positive_int("num_experts", num_experts)
         self.units = units
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        _utils.set_dense_arguments(
+            self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
+        )
         self.seed = _utils.check_seed("seed", seed)
         self.experts = list(experts) if experts is not None else None
 
@@ -179,12 +176,7 @@ class ExpertBank(keras.layers.Layer):
         config.update(
             num_experts=self.num_experts,
             units=None if self.experts is not None else list(self.units),
-            activation=keras.activations.serialize(self.activation),
-            use_bias=self.use_bias,
-            kernel_initializer=serialize(self.kernel_initializer),
-            bias_initializer=serialize(self.bias_initializer),
-            kernel_regularizer=serialize(self.kernel_regularizer),
-            bias_regularizer=serialize(self.bias_regularizer),
+            **_utils.dense_arguments_config(self),
             experts=[serialize(e) for e in self.experts] if self.experts is not None else None,
             seed=self.seed,
         )

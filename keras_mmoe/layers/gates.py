@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable, serialize
+from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable
 from keras_mmoe.layers import _utils
 
 
@@ -76,12 +76,9 @@ class ExpertDropoutGate(keras.layers.Layer):
         self.rate = _utils.check_rate("rate", rate)
         self.temperature = _utils.check_temperature("temperature", temperature)
         self.hidden_units = _utils.check_hidden_units("hidden_units", hidden_units)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        _utils.set_dense_arguments(
+            self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
+        )
         self.seed = _utils.check_seed("seed", seed)
 
         init_seed = _utils.base_seed(self.kernel_initializer, seed)
@@ -172,12 +169,7 @@ class ExpertDropoutGate(keras.layers.Layer):
             rate=self.rate,
             temperature=self.temperature,
             hidden_units=list(self.hidden_units),
-            activation=keras.activations.serialize(self.activation),
-            use_bias=self.use_bias,
-            kernel_initializer=serialize(self.kernel_initializer),
-            bias_initializer=serialize(self.bias_initializer),
-            kernel_regularizer=serialize(self.kernel_regularizer),
-            bias_regularizer=serialize(self.bias_regularizer),
+            **_utils.dense_arguments_config(self),
             seed=self.seed,
         )
         return config

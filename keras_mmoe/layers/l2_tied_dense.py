@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_mmoe._keras import keras, register_serializable, serialize
+from keras_mmoe._keras import keras, register_serializable
 from keras_mmoe.layers import _utils
 
 PENALTIES = ("pairwise", "mean")
@@ -87,12 +87,9 @@ class L2TiedDense(keras.layers.Layer):
             raise ValueError(f"`penalty` must be one of {PENALTIES}, received: penalty={penalty!r}")
         self.penalty = penalty
         self.tie_bias = bool(tie_bias)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        _utils.set_dense_arguments(
+            self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
+        )
         self.seed = _utils.check_seed("seed", seed)
 
     def _input_dim(self, input_shape):
@@ -182,12 +179,7 @@ class L2TiedDense(keras.layers.Layer):
             l2_tie=self.l2_tie,
             penalty=self.penalty,
             tie_bias=self.tie_bias,
-            activation=keras.activations.serialize(self.activation),
-            use_bias=self.use_bias,
-            kernel_initializer=serialize(self.kernel_initializer),
-            bias_initializer=serialize(self.bias_initializer),
-            kernel_regularizer=serialize(self.kernel_regularizer),
-            bias_regularizer=serialize(self.bias_regularizer),
+            **_utils.dense_arguments_config(self),
             seed=self.seed,
         )
         return config

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_mmoe._keras import keras, register_serializable, serialize
+from keras_mmoe._keras import keras, register_serializable
 from keras_mmoe.layers import _utils
 
 
@@ -105,12 +105,9 @@ class TensorFactorizedDense(keras.layers.Layer):
         self.units = _utils.check_positive_int("units", units)
         self.num_tasks = _utils.check_positive_int("num_tasks", num_tasks)
         self.ranks = _check_ranks(ranks)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        _utils.set_dense_arguments(
+            self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
+        )
         self.seed = _utils.check_seed("seed", seed)
 
     def _input_dim(self, input_shape):
@@ -220,12 +217,7 @@ class TensorFactorizedDense(keras.layers.Layer):
             units=self.units,
             num_tasks=self.num_tasks,
             ranks=None if self.ranks is None else list(self.ranks),
-            activation=keras.activations.serialize(self.activation),
-            use_bias=self.use_bias,
-            kernel_initializer=serialize(self.kernel_initializer),
-            bias_initializer=serialize(self.bias_initializer),
-            kernel_regularizer=serialize(self.kernel_regularizer),
-            bias_regularizer=serialize(self.bias_regularizer),
+            **_utils.dense_arguments_config(self),
             seed=self.seed,
         )
         return config
