@@ -1,5 +1,8 @@
 """Entry point of the ``keras-mmoe`` console script.
 
+Every command also takes ``--config FILE`` (JSON or TOML): its keys are the command's long flag
+names; flags given on the command line win over the file.
+
 Every subcommand lives in its own module of this package and exposes
 ``add_parser(subparsers)``, which registers an ``argparse`` parser whose
 ``func`` default is called with the parsed arguments.
@@ -10,13 +13,14 @@ import importlib
 import os
 import sys
 
-from keras_mmoe.cli.common import CLIError
+from keras_mmoe.cli.common import CLIError, add_config_argument, apply_config
 
 # Module names under keras_mmoe.cli, in the order `--help` lists them.
 COMMAND_MODULES = ["train", "evaluate", "export", "inspect", "reproduce"]
 
 # Library errors that come from what the user asked for, shown as one line.
-USER_ERRORS = (CLIError, ValueError, FileNotFoundError, FileExistsError, KeyError)
+# OSError covers missing files and failed downloads.
+USER_ERRORS = (CLIError, ValueError, OSError, KeyError)
 
 
 def build_parser():
@@ -33,7 +37,9 @@ def build_parser():
             if error.name == f"keras_mmoe.cli.{name}":
                 continue  # a command not written yet is simply not offered
             raise
-        module.add_parser(subparsers)
+        command = module.add_parser(subparsers)
+        if not any(isinstance(a, argparse._SubParsersAction) for a in command._actions):
+            add_config_argument(command)  # commands with sub-commands add it to each of those
     return parser
 
 
@@ -45,6 +51,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        apply_config(args, sys.argv[1:] if argv is None else argv)
         return args.func(args) or 0
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

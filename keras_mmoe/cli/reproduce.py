@@ -7,6 +7,8 @@ Studies (modules of :mod:`keras_mmoe.reproduce`, each with ``add_arguments`` and
 
 import importlib
 
+from keras_mmoe.cli.common import add_config_argument
+
 
 def add_parser(subparsers):
     from keras_mmoe.reproduce import STUDIES
@@ -28,6 +30,7 @@ def add_parser(subparsers):
         sp = studies.add_parser(name, help=first_line, description=module.__doc__,
                                 formatter_class=_formatter())
         module.add_arguments(sp)
+        add_config_argument(sp)
         sp.set_defaults(func=module.run)
     p.set_defaults(func=lambda args: _no_study(p))
     return p
