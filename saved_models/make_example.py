@@ -1,0 +1,42 @@
+"""Re-creates saved_models/example_mmoe/: a small MMoE export for TF Serving plus golden I/O.
+
+    python saved_models/make_example.py
+
+Runs ``keras-mmoe train --name example_mmoe --out-dir saved_models --epochs 2 --samples 4000
+--num-experts 4 --expert-units 8 --seed 7`` (export version 1; delete saved_models/example_mmoe
+first to regenerate it) and writes ``example_mmoe/golden.json``: three held-out input rows and
+the Keras model's predictions for them. tests/test_example_export.py checks the committed export
+against it in a process that never imports keras_mmoe.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    base = os.path.join(HERE, "example_mmoe")
+    if not os.path.isdir(os.path.join(base, "1")):
+        subprocess.run(["keras-mmoe", "train", "--name", "example_mmoe", "--out-dir", HERE, "--epochs", "2",
+                        "--samples", "4000", "--num-experts", "4", "--expert-units", "8", "--seed", "7"], check=True)
+    from keras_mmoe._keras import keras
+    from keras_mmoe.data import make_synthetic
+
+    _, test = make_synthetic(4000, dim=100, correlation=0.5, seed=7).split(0.8, seed=7)
+    model = keras.models.load_model(os.path.join(HERE, "example_mmoe.keras"))
+    rows = test.x[:3]
+    predictions = model.predict({"features": rows}, verbose=0)
+    golden = {"inputs": {"features": rows.tolist()},
+              "outputs": {k: v.tolist() for k, v in predictions.items()},
+              "signature": "serving_default", "version": 1}
+    with open(os.path.join(base, "golden.json"), "w", encoding="utf-8") as f:
+        json.dump(golden, f)
+    print(os.path.join(base, "golden.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
