@@ -6,8 +6,9 @@ Setup (paper section 5, with the choices the paper leaves open stated here):
   standard deviation 0.1, two regression tasks; a new draw per run (data seed = run seed);
   80% train, 20% held out;
 * models: MMoE and OMoE with 8 experts of one 16-unit ReLU layer, towers of one 8-unit layer;
-  Shared-Bottom with one bottom layer sized to the same parameter count (113 units for the
-  paper's ~13k; :func:`keras_mmoe.models.census_budget_kwargs` solves it);
+  Shared-Bottom with one bottom layer sized to the same parameter count (the paper: 113 units
+  for its ~13k; here 126 units for MMoE's 14,834, solved by
+  :func:`keras_mmoe.models.census_budget_kwargs`);
 * training: Adam (learning rate ``--learning-rate``, default 1e-3 from the paper's grid), batch 256,
   MSE per task with equal weights, ``--epochs`` epochs;
 * measured: the held-out loss (sum of the two tasks' MSE) after every epoch, plotted against
