@@ -118,9 +118,7 @@ def test_evaluate_errors(trained, tmp_path, capsys):
         assert message in _one_line_error(capsys, "evaluate"), argv
 
 
-def test_evaluate_names_missing_features(trained, tmp_path, capsys):
-    settings = tmp_path / "wide.json"
-    settings.write_text(json.dumps({"samples": 500, "dim": 100, "correlation": 0.5, "seed": 0}))
+def test_evaluate_names_missing_features(trained, capsys):
     # census features for a synthetic model: the model's input "features" is missing
     code = main(["evaluate", str(trained / "mmoe_synthetic" / "1"), "--data", "census",
                  "--data-dir", os.path.join(REPO_ROOT, "..", "shared", "data"), "--max-rows", "200"])

@@ -1,7 +1,6 @@
 """keras_mmoe.tfrs: MMoE in a tfrs.models.Model with one Ranking task per task (tf-keras only)."""
 
 import json
-import os
 
 import numpy as np
 import pytest

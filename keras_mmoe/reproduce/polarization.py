@@ -28,13 +28,12 @@ Example::
     keras-mmoe reproduce polarization --seeds 8 --out-dir docs/results
 """
 
-import json
 import os
-import platform
-import sys
 import time
 
 import numpy as np
+
+from keras_mmoe.reproduce import report
 
 #: LEARNING_RATE:NUM_EXPERTS[:SHARED_BOTTOM_UNITS] settings of the full study.
 DEFAULT_SETTINGS = ("0.01:8", "0.05:8", "0.05:16", "0.1:8", "0.05:8:64")
@@ -137,11 +136,6 @@ def train_run(
     }
 
 
-def _mean_std(values):
-    values = np.asarray(values, dtype=np.float64)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def summarize(runs):
     """One row per (learning rate, experts, shared bottom, rate): counts and means over seeds.
 
@@ -155,7 +149,7 @@ def summarize(runs):
     rows = []
     for (lr, experts, bottom, rate), group in sorted(groups.items()):
         per_task = [t for run in group for t in run["tasks"].values()]
-        loss_mean, loss_std = _mean_std([run["test_loss"] for run in group])
+        loss = report.aggregate(run["test_loss"] for run in group)
         rows.append(
             {
                 "learning_rate": lr,
@@ -171,9 +165,9 @@ def summarize(runs):
                     np.mean([t["effective_experts_per_example"] for t in per_task])
                 ),
                 "unused_experts": float(np.mean([len(t["unused_experts"]) for t in per_task])),
-                "test_loss_mean": loss_mean,
-                "test_loss_std": loss_std,
-                "test_loss_median": float(np.median([run["test_loss"] for run in group])),
+                "test_loss_mean": loss["mean"],
+                "test_loss_std": loss["std"],
+                "test_loss_median": loss["median"],
             }
         )
     return rows
@@ -293,11 +287,9 @@ def write_outputs(study, out_dir, command, settings_kwargs):
     paths = {name: os.path.join(out_dir, f"polarization{suffix}") for name, suffix in [
         ("markdown", ".md"), ("json", ".json"), ("rates", "_rates.png"), ("max_weight", "_max_weight.png")]}
     settings_text = "Setup: " + ", ".join(f"{k}={v}" for k, v in settings_kwargs.items()) + f".\nCommand: `{command}`"
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(to_markdown(study["summary"], settings_text))
-    record = dict(study, command=command, settings=settings_kwargs, python=platform.python_version())
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
+    report.write_text(paths["markdown"], to_markdown(study["summary"], settings_text))
+    report.write_json(paths["json"], dict(study, command=command, settings=settings_kwargs,
+                                          environment=report.environment()))
     plot_rates(study["summary"]).savefig(paths["rates"], dpi=110)
     plot_max_weight(study["runs"]).savefig(paths["max_weight"], dpi=110)
     return paths
@@ -338,11 +330,10 @@ def run(args):
     kwargs = dict(samples=samples, epochs=epochs, correlation=args.correlation)
     say(f"polarization study: {len(settings)} settings x {len(args.rates)} rates x {len(seeds)} seeds, {kwargs}")
     study = run_study(settings, list(args.rates), list(seeds), progress=say, **kwargs)
-    command = "keras-mmoe " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("keras-mmoe") else None
-    command = command or "keras-mmoe reproduce polarization " + " ".join(
+    command = report.command_line("keras-mmoe reproduce polarization " + " ".join(
         [f"--settings {' '.join(args.settings)}", f"--rates {' '.join(f'{r:g}' for r in args.rates)}",
          f"--seeds {args.seeds}", f"--samples {args.samples}", f"--epochs {args.epochs}",
-         f"--correlation {args.correlation:g}", f"--out-dir {args.out_dir}"] + (["--quick"] if args.quick else []))
+         f"--correlation {args.correlation:g}", f"--out-dir {args.out_dir}"] + (["--quick"] if args.quick else [])))
     paths = write_outputs(study, args.out_dir, command, dict(kwargs, seeds=len(seeds)))
     print(to_markdown(study["summary"]))
     for path in paths.values():
