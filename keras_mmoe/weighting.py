@@ -53,7 +53,7 @@ class UncertaintyWeighting(keras.layers.Layer):
 
     def __init__(self, task_names, initial_log_variance=0.0, **kwargs):
         super().__init__(**kwargs)
-        from keras_mmoe.layers.mmoe import resolve_task_names
+        from keras_mmoe._validation import resolve_task_names
 
         self.task_names = resolve_task_names(None, list(task_names))
         try:

@@ -14,7 +14,7 @@ from keras_mmoe.models import (
     build_cross_stitch,
     build_l2_constrained,
     build_tensor_factorization,
-    census_budget_kwargs,
+    matched_budget_kwargs,
     compile_kwargs,
 )
 from keras_mmoe.models.baselines import count_params_formula
@@ -352,14 +352,14 @@ def test_census_parameter_budgets_are_within_20_percent_of_mmoe():
     for name, (count, ratio) in table.items():
         assert 0.8 <= ratio <= 1.2, (name, count, ratio)
     assert table["mmoe"][0] == 8 * (499 * 16 + 16) + 2 * (499 * 8 + 8) + 2 * (16 * 8 + 8 + 9)
-    sizes = census_budget_kwargs(499)
+    sizes = matched_budget_kwargs(499)
     assert sizes["shared_bottom"]["bottom_units"] == (140,) and sizes["single_task"]["hidden_units"] == (71,)
 
 
 @pytest.mark.parametrize("input_dim,num_tasks", [(120, 2), (499, 3)])
 def test_budget_formula_matches_built_models_and_sizes_stay_comparable(input_dim, num_tasks):
     tasks = [f"t{i}" for i in range(num_tasks)]
-    sizes = census_budget_kwargs(input_dim, num_tasks=num_tasks)
+    sizes = matched_budget_kwargs(input_dim, num_tasks=num_tasks)
     assert set(sizes) == set(BUILDERS)
     target = count_params_formula("mmoe", input_dim, num_tasks, **sizes["mmoe"])
     for name, kwargs in sizes.items():

@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from keras_mmoe.cli.common import CLIError, say
+from keras_mmoe.metrics import task_metrics
 
 
 def add_parser(subparsers):
@@ -45,41 +46,6 @@ def add_parser(subparsers):
     p.add_argument("--json", default=None, metavar="PATH", help="write the results to this JSON file")
     p.set_defaults(func=run)
     return p
-
-
-# --- metrics in NumPy (used for SavedModels; checked against Keras in the tests) ----------------
-
-
-def roc_auc(labels, scores):
-    """Area under the ROC curve by the rank (Mann-Whitney) formula, ties given average ranks."""
-    labels = np.asarray(labels, dtype=np.float64).ravel() > 0.5
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
-
-
-def binary_crossentropy(labels, probs, eps=1e-7):
-    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
-
-
-def task_metrics(kind, labels, predictions):
-    if kind == "binary":
-        return {"loss": binary_crossentropy(labels, predictions), "auc": roc_auc(labels, predictions)}
-    mse = float(np.mean((np.asarray(labels, np.float64).ravel() - np.asarray(predictions, np.float64).ravel()) ** 2))
-    return {"loss": mse, "mse": mse}
 
 
 # --- data ------------------------------------------------------------------------------------

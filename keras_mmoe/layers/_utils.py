@@ -1,66 +1,18 @@
-"""Small helpers shared by the layers: argument validation and per-copy initializers."""
+"""Small helpers shared by the layers: shape checks, per-copy initializers, Dense-style arguments."""
 
 import random
 
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, serialize
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
-    return value
-
-
-def check_units(name, value):
-    """An int or a non-empty sequence of positive ints, returned as a tuple."""
-    units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        units = tuple(units)
-    except TypeError:
-        raise ValueError(
-            f"`{name}` must be a positive integer or a sequence of them, received: {name}={value!r}"
-        ) from None
-    if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
-        raise ValueError(
-            f"`{name}` must be a positive integer or a non-empty sequence of positive integers, "
-            f"received: {name}={value!r}"
-        )
-    return units
-
-
-def check_hidden_units(name, value):
-    """A possibly empty sequence of positive ints, returned as a tuple."""
-    if value is None:
-        return ()
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,)
-    try:
-        units = tuple(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be a sequence of positive integers, received: {name}={value!r}") from None
-    if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
-        raise ValueError(f"`{name}` must be a sequence of positive integers, received: {name}={value!r}")
-    return units
-
-
-def check_rate(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be a float in [0, 1), received: {name}={value!r}")
-    return float(value)
-
-
-def check_temperature(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"`{name}` must be a float > 0, received: {name}={value!r}")
-    return float(value)
-
-
-def check_seed(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"`{name}` must be None or a non-negative integer, received: {name}={value!r}")
-    return value
+from keras_mmoe._validation import (  # noqa: F401  (the layers' argument checks)
+    check_hidden_units,
+    check_positive_int,
+    check_rate,
+    check_seed,
+    check_temperature,
+    check_units,
+)
 
 
 def check_rank2(layer, argument, shape):

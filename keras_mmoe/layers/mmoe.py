@@ -1,43 +1,12 @@
 """MMoELayer: shared experts with one softmax gate per task (MMoE) or one shared gate (OMoE)."""
 
-import re
-
 import tensorflow as tf
 
 from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable, serialize
+from keras_mmoe._validation import resolve_task_names
 from keras_mmoe.layers import _utils
 from keras_mmoe.layers.experts import ExpertBank
 from keras_mmoe.layers.gates import ExpertDropoutGate
-
-_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-
-def resolve_task_names(num_tasks, task_names):
-    """Task names from ``num_tasks`` and/or ``task_names`` (``task_0``, ``task_1``... by default)."""
-    if task_names is None:
-        if num_tasks is None:
-            raise ValueError("Give `num_tasks` or `task_names`, received neither")
-        return [f"task_{i}" for i in range(_utils.check_positive_int("num_tasks", num_tasks))]
-    if isinstance(task_names, str):
-        raise ValueError(f"`task_names` must be a list of strings, received a string: task_names={task_names!r}")
-    task_names = list(task_names)
-    if not task_names:
-        raise ValueError("`task_names` must name at least one task, received: task_names=[]")
-    for name in task_names:
-        if not isinstance(name, str) or not _TASK_NAME.match(name):
-            raise ValueError(
-                "Each task name must be a string of letters, digits and underscores starting with a letter "
-                f"(it names outputs, losses and serving signature keys), received: {name!r}"
-            )
-    duplicates = sorted({n for n in task_names if task_names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"`task_names` must be unique, received duplicates {duplicates} in {task_names}")
-    if num_tasks is not None and num_tasks != len(task_names):
-        raise ValueError(
-            f"`num_tasks` ({num_tasks!r}) disagrees with `task_names` ({len(task_names)} names: {task_names})"
-        )
-    return task_names
-
 
 @register_serializable
 class MMoELayer(keras.layers.Layer):

@@ -6,7 +6,7 @@ from keras_mmoe.models.builders import (
     build_shared_bottom,
     build_single_task,
     make_inputs,
-    towers,
+    build_towers,
 )
 from keras_mmoe.models.tasks import compile_kwargs, normalize_tasks
 from keras_mmoe.models.baselines import (
@@ -14,7 +14,7 @@ from keras_mmoe.models.baselines import (
     build_cross_stitch,
     build_l2_constrained,
     build_tensor_factorization,
-    census_budget_kwargs,
+    matched_budget_kwargs,
 )
 
 BUILDERS = {
@@ -36,12 +36,12 @@ __all__ = [
     "compile_kwargs",
     "make_inputs",
     "normalize_tasks",
-    "towers",
+    "build_towers",
 ]
 __all__ += [
     "budget_table",
     "build_cross_stitch",
     "build_l2_constrained",
     "build_tensor_factorization",
-    "census_budget_kwargs",
+    "matched_budget_kwargs",
 ]

@@ -8,7 +8,7 @@ them; ``features`` the dense (batch, d) tensor the model reads (default: the inp
     Cross-Stitch          per-task hidden layers, mixed after each by x~_t = sum_s alpha_ts x_s
     Tensor-Factorization  per-task hidden layers whose stacked kernels (d, u, T) are Tucker-factorized
 
-:func:`census_budget_kwargs` gives, for every builder, the size arguments that put its
+:func:`matched_budget_kwargs` gives, for every builder, the size arguments that put its
 trainable parameter count within 20% of MMoE's at a given input width (the census setting:
 about 499 encoded inputs, 8 experts of 16 units, towers of 8 units, two binary tasks).
 :func:`budget_table` builds the models and counts their parameters. At input width 499 and
@@ -31,7 +31,7 @@ from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cross_stitch import CrossStitch
 from keras_mmoe.layers.l2_tied_dense import L2TiedDense
 from keras_mmoe.layers.tensor_factorization import TensorFactorizedDense
-from keras_mmoe.models.builders import _mlp, _resolve, towers
+from keras_mmoe.models.builders import _resolve, build_towers
 from keras_mmoe.models.tasks import output_activation
 
 
@@ -105,7 +105,7 @@ def build_cross_stitch(
     ``i`` a :class:`CrossStitch` unit ``cross_stitch_{i}`` (a learned T x T matrix ``alpha``,
     started at ``self_weight`` on the diagonal and ``(1 - self_weight) / (T - 1)`` off it)
     replaces every task's activation by ``sum_s alpha[t, s] x_s``; then one tower per task
-    (unstitched, as in :func:`towers`). Needs at least two tasks.
+    (unstitched, as in :func:`build_towers`). Needs at least two tasks.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
     if len(tasks) < 2:
@@ -119,7 +119,7 @@ def build_cross_stitch(
             for t, x in zip(tasks, xs)
         ]
         xs = CrossStitch(self_weight=self_weight, name=f"cross_stitch_{i}")(xs)
-    outputs = towers(dict(zip(tasks, xs)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(dict(zip(tasks, xs)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -152,7 +152,7 @@ def build_tensor_factorization(
             units, num_tasks=len(tasks), ranks=ranks, activation=activation, kernel_regularizer=kernel_regularizer,
             seed=None if seed is None else seed + 100 * i, name=f"tf_hidden_{i}",
         )(x)
-    outputs = towers(dict(zip(tasks, x)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(dict(zip(tasks, x)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -173,7 +173,7 @@ def _tower_params(units_in, tower_units, num_tasks):
 def count_params_formula(kind, input_dim, num_tasks, **kwargs):
     """Trainable parameters of ``BUILDERS[kind]`` with one hidden/bottom layer, without building it.
 
-    Used by :func:`census_budget_kwargs` to size the baselines; tests check it against
+    Used by :func:`matched_budget_kwargs` to size the baselines; tests check it against
     ``model.count_params()``.
     """
     d, n = input_dim, num_tasks
@@ -209,7 +209,7 @@ def _closest(count, target, lo=1, hi=4096):
     return min(candidates, key=lambda s: abs(count(s) - target))
 
 
-def census_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16, tower_units=(8,)):
+def matched_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16, tower_units=(8,)):
     """Size arguments per builder name giving each about MMoE's trainable parameter count.
 
     MMoE and OMoE get ``num_experts`` x ``expert_units`` (the paper's 8 x 16); every other
@@ -218,7 +218,7 @@ def census_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16,
 
     Example:
 
-    >>> kwargs = census_budget_kwargs(499)
+    >>> kwargs = matched_budget_kwargs(499)
     >>> kwargs["shared_bottom"], kwargs["single_task"]
     ({'bottom_units': (140,), 'tower_units': (8,)}, {'hidden_units': (71,), 'tower_units': (8,)})
     >>> model = BUILDERS["cross_stitch"](499, ["income", "never_married"], **kwargs["cross_stitch"])
@@ -246,11 +246,11 @@ def census_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16,
 
 
 def budget_table(input_dim=499, tasks=("income", "never_married"), builders=None, **kwargs):
-    """``{name: (trainable_params, ratio_to_mmoe)}``, counted on built models sized by :func:`census_budget_kwargs`."""
+    """``{name: (trainable_params, ratio_to_mmoe)}``, counted on built models sized by :func:`matched_budget_kwargs`."""
     from keras_mmoe.models import BUILDERS
 
     builders = BUILDERS if builders is None else builders
-    sizes = census_budget_kwargs(input_dim, num_tasks=len(tasks), **kwargs)
+    sizes = matched_budget_kwargs(input_dim, num_tasks=len(tasks), **kwargs)
     counts = {}
     for name, size in sizes.items():
         if name not in builders:

@@ -61,7 +61,7 @@ def _mlp(x, units, activation, prefix, kernel_regularizer=None, dropout=0.0):
     return x
 
 
-def towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0):
+def build_towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0):
     """One tower per task on its input tensor; returns ``{task: output}`` (float32)."""
     outputs = {}
     for name, kind in tasks.items():
@@ -106,7 +106,7 @@ def build_mmoe(
         features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
         gate_features: optional different input for the gates (YouTube placement).
         return_gate_weights: add an output ``gate_weights`` (batch, tasks, experts).
-        Other arguments: see :class:`keras_mmoe.MMoELayer` and :func:`towers`.
+        Other arguments: see :class:`keras_mmoe.MMoELayer` and :func:`build_towers`.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
     layer = MMoELayer(
@@ -125,7 +125,7 @@ def build_mmoe(
     )
     result = layer(features, gate_inputs=gate_features) if gate_features is not None else layer(features)
     task_outputs, gate_weights = result if return_gate_weights else (result, None)
-    outputs = towers(dict(zip(tasks, task_outputs)), tasks, tower_units, tower_activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(dict(zip(tasks, task_outputs)), tasks, tower_units, tower_activation, kernel_regularizer, tower_dropout)
     if return_gate_weights:
         outputs["gate_weights"] = keras.layers.Activation("linear", dtype="float32", name="gate_weights")(gate_weights)
     return keras.Model(inputs, outputs, name=name)
@@ -152,7 +152,7 @@ def build_shared_bottom(
     """Shared-Bottom: one MLP bottom shared by all tasks, then one tower per task."""
     inputs, tasks, features = _resolve(inputs, tasks, features)
     bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer)
-    outputs = towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -176,5 +176,5 @@ def build_single_task(
     inputs, tasks, features = _resolve(inputs, tasks, features)
     units = _utils.check_units("hidden_units", hidden_units)
     hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer) for t in tasks}
-    outputs = towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
     return keras.Model(inputs, outputs, name=name)

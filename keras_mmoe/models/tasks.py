@@ -3,7 +3,7 @@
 from collections import OrderedDict
 
 from keras_mmoe._keras import keras
-from keras_mmoe.layers.mmoe import resolve_task_names
+from keras_mmoe._validation import resolve_task_names
 
 TASK_KINDS = ("binary", "regression")
 

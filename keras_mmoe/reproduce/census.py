@@ -7,7 +7,7 @@ Recipe (the paper gives the data, the split, the metric and the model family; th
   marital); raw features encoded inside the model by
   :func:`keras_mmoe.features.census_feature_encoder` (one-hot, 517 columns);
 * models: the seven builders of :data:`keras_mmoe.models.BUILDERS` at about MMoE's parameter
-  count (:func:`keras_mmoe.models.census_budget_kwargs`: MMoE and OMoE 8 experts x 16 units,
+  count (:func:`keras_mmoe.models.matched_budget_kwargs`: MMoE and OMoE 8 experts x 16 units,
   towers of 8, every other model one hidden layer sized to the same budget);
 * training: Adam (learning rate 1e-3), batch 1024, binary cross-entropy per task with equal
   weights, up to ``epochs`` epochs with early stopping on the main task's validation AUC
@@ -29,11 +29,11 @@ def build_model(name, data, seed):
     """Builds and compiles census model ``name`` on ``data``'s raw features (seeded)."""
     from keras_mmoe._keras import keras
     from keras_mmoe.features import census_feature_encoder
-    from keras_mmoe.models import BUILDERS, census_budget_kwargs
+    from keras_mmoe.models import BUILDERS, matched_budget_kwargs
 
     keras.utils.set_random_seed(seed)
     inputs, encoded = census_feature_encoder(data)
-    sizes = census_budget_kwargs(int(encoded.shape[-1]), num_tasks=len(data.task_names))[name]
+    sizes = matched_budget_kwargs(int(encoded.shape[-1]), num_tasks=len(data.task_names))[name]
     return BUILDERS[name](inputs, list(data.task_names), features=encoded, name=name, **sizes)
 
 

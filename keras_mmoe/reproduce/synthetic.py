@@ -8,7 +8,7 @@ Setup (paper section 5, with the choices the paper leaves open stated here):
 * models: MMoE and OMoE with 8 experts of one 16-unit ReLU layer, towers of one 8-unit layer;
   Shared-Bottom with one bottom layer sized to the same parameter count (the paper: 113 units
   for its ~13k; here 126 units for MMoE's 14,834, solved by
-  :func:`keras_mmoe.models.census_budget_kwargs`);
+  :func:`keras_mmoe.models.matched_budget_kwargs`);
 * training: Adam (learning rate ``--learning-rate``, default 1e-3 from the paper's grid), batch 256,
   MSE per task with equal weights, ``--epochs`` epochs;
 * measured: the held-out loss (sum of the two tasks' MSE) after every epoch, plotted against
@@ -35,10 +35,10 @@ TASKS = {"y1": "regression", "y2": "regression"}
 def build_model(name, seed, dim=DIM):
     """MMoE / OMoE (8 x 16 experts, towers 8) or Shared-Bottom of the same size, seeded."""
     from keras_mmoe._keras import keras
-    from keras_mmoe.models import BUILDERS, census_budget_kwargs
+    from keras_mmoe.models import BUILDERS, matched_budget_kwargs
 
     keras.utils.set_random_seed(seed)
-    sizes = census_budget_kwargs(dim, num_tasks=len(TASKS), num_experts=8, expert_units=16, tower_units=(8,))
+    sizes = matched_budget_kwargs(dim, num_tasks=len(TASKS), num_experts=8, expert_units=16, tower_units=(8,))
     return BUILDERS[name](dim, TASKS, name=name, **sizes[name])
 
 
