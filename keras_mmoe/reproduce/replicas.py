@@ -1,0 +1,499 @@
+"""K independent training runs of one model as one vectorized model (stacked weights).
+
+A study trains the same architecture many times (runs x learning rates). Here the K runs are
+replicas held as one set of stacked weights, every weight with a leading replica axis K, as
+:class:`keras_mmoe.layers.ExpertBank` stacks its experts. One training step computes all K
+forward passes with batched products, minimizes the sum of the replicas' losses (replica k's
+weights appear only in replica k's loss, so its gradient is its own) and applies Adam, which is
+elementwise, so the stacked update equals K independent Adams. Each replica has its own data
+draw, its own batch order, its own learning rate and its own early stopping.
+
+Supported models are those of :func:`keras_mmoe.models.build_mmoe`, ``build_omoe`` and
+``build_shared_bottom`` (dense features in; built-in experts, linear gates with optional expert
+dropout and temperature, Dense towers; no regularizers or tower dropout), with the same math:
+
+    MMoE   experts  h_k = a(x_k W_k + b_k)                    (K, B, E, u)   one batched matmul
+           gates    g_k = softmax(mask(x_k V_k + c_k) / T)     (K, B, G, E)   G = tasks, or 1 (OMoE)
+           mixture  f_k = sum_e g_k[..., e] h_k[..., e, :]     (K, B, T, u)
+    Shared-Bottom   f_k = MLP_k(x_k)                           (K, B, u)
+    towers          y_k = tower_k(f_k)                         (K, B, T)      all tasks at once
+
+Loss per replica: the sum over tasks of the batch mean of the squared error (regression) or of
+the binary cross-entropy (binary), as ``model.compile(**compile_kwargs(tasks))``. Adam as in
+Keras (beta 0.9 / 0.999, epsilon 1e-7). Early stopping as ``keras.callbacks.EarlyStopping(
+monitor="val_loss", patience=p, restore_best_weights=True)``: a replica stops when ``p`` epochs
+in a row did not lower its best validation loss; its weights are then frozen, and at the end
+every replica holds the weights of its best epoch.
+
+Initial weights come from Keras models built by the builders (one per replica), so initial
+values follow the product's initializers; :meth:`ReplicaStack.assign_to` writes a replica's
+weights back into such a model.
+
+Example:
+
+>>> models = [build_mmoe(100, tasks, seed=s) for s in range(4)]      # doctest: +SKIP
+>>> stack = ReplicaStack(models, tasks)
+>>> result = fit_replicas(stack, data, learning_rates=[1e-3] * 4, seeds=range(4),
+...                       max_epochs=200, patience=10)
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mmoe._keras import keras
+from keras_mmoe._validation import check_positive_int
+from keras_mmoe.layers import MMoELayer
+from keras_mmoe.models.tasks import normalize_tasks
+
+#: Adam's constants, those of ``keras.optimizers.Adam()``.
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
+
+
+def _value(variable):
+    return np.array(variable.numpy())
+
+
+class ReplicaStack:
+    """K replicas of one MMoE / OMoE / Shared-Bottom model, weights stacked on a leading axis.
+
+    Args:
+        models: K Keras models of one architecture, built by ``build_mmoe``, ``build_omoe`` or
+            ``build_shared_bottom`` (their current weights are the replicas' initial weights).
+        tasks: ``{task: "regression" | "binary"}`` (or a list of binary task names), the tasks
+            the models were built with, in their order.
+
+    Attributes:
+        params: ``{name: tf.Variable of shape (K, ...)}``, the stacked trainable weights.
+        num_replicas: K.
+    """
+
+    def __init__(self, models, tasks):
+        models = list(models)
+        if not models:
+            raise ValueError("`models` must hold at least one Keras model, received none")
+        self.tasks = normalize_tasks(tasks)
+        self.num_replicas = len(models)
+        self.layout = _layout(models[0], self.tasks)
+        values = [_read(_layout(model, self.tasks)) for model in models]
+        for i, v in enumerate(values[1:], start=1):
+            shapes, reference = {n: a.shape for n, a in v.items()}, {n: a.shape for n, a in values[0].items()}
+            if shapes != reference:
+                raise ValueError(
+                    f"`models[{i}]` differs in architecture from `models[0]`: weight shapes {shapes} "
+                    f"vs {reference}"
+                )
+        self.params = {
+            name: tf.Variable(np.stack([v[name] for v in values]).astype(np.float32), name=name.replace("/", "_"))
+            for name in values[0]
+        }
+        gates = self.layout.get("gates", [])
+        self.dropout_rate = gates[0].rate if gates else 0.0
+        if self.dropout_rate > 0:
+            # The gates' dropout seeds [seed, counter]; each replica-gate draws as its product layer.
+            self.dropout_seeds = np.array(
+                [[_value(g.seed_state)[0] for g in _layout(m, self.tasks)["gates"]] for m in models], dtype=np.int64
+            )
+        self.temperature = gates[0].temperature if gates else 1.0
+        self.expert_activation = self.layout.get("expert_activation")
+        self.kind = self.layout["kind"]
+
+    # --- weights in and out -------------------------------------------------------------------
+
+    def replica_weights(self, k):
+        """``{name: np.ndarray}``: replica ``k``'s weights (without the replica axis)."""
+        return {name: _value(v)[k] for name, v in self.params.items()}
+
+    def assign_to(self, model, k):
+        """Writes replica ``k``'s weights into ``model`` (same architecture as the stack's models)."""
+        _write(model, _layout(model, self.tasks), self.replica_weights(k))
+        return model
+
+    # --- the vectorized forward pass ----------------------------------------------------------
+
+    def outputs(self, params, x, training=False, step=None):
+        """Task outputs before the output activation (logits for binary tasks), (K, B, T)."""
+        if self.kind == "moe":
+            h = self._experts(params, x)  # (K, B, E, u)
+            g = self._gates(params, x, training, step)  # (K, B, G, E)
+            f = tf.einsum("kbge,kbeu->kbgu", g, h)  # (K, B, G, u); G = 1 broadcasts over tasks
+            if f.shape[2] == 1 and len(self.tasks) > 1:
+                f = tf.repeat(f, len(self.tasks), axis=2)
+        else:
+            f = x
+            for i in range(self.layout["bottom_layers"]):
+                f = self.layout["bottom_activations"][i](
+                    tf.matmul(f, params[f"bottom/kernel_{i}"]) + params[f"bottom/bias_{i}"][:, None, :]
+                )
+            f = tf.repeat(f[:, :, None, :], len(self.tasks), axis=2)  # (K, B, T, u)
+        for i, activation in enumerate(self.layout["tower_activations"]):
+            f = activation(tf.einsum("kbti,ktio->kbto", f, params[f"tower/kernel_{i}"])
+                           + params[f"tower/bias_{i}"][:, None])
+        out = tf.einsum("kbti,ktio->kbto", f, params["output/kernel"]) + params["output/bias"][:, None]
+        return out[..., 0]
+
+    def predict(self, x, params=None):
+        """Predictions (K, B, T) with the output activation (sigmoid for binary tasks)."""
+        z = self.outputs(self.params if params is None else params, tf.convert_to_tensor(x, tf.float32))
+        return tf.where(self._binary_mask(), tf.sigmoid(z), z)
+
+    def losses(self, params, x, y, training=False, step=None):
+        """Per-replica, per-task batch-mean losses (K, T) of targets ``y`` (K, B, T)."""
+        z = self.outputs(params, x, training=training, step=step)
+        return tf.reduce_mean(self._pointwise_loss(y, z), axis=1)
+
+    def _pointwise_loss(self, y, z):
+        squared = tf.square(y - z)
+        if not any(kind == "binary" for kind in self.tasks.values()):
+            return squared
+        cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
+        return tf.where(self._binary_mask(), cross_entropy, squared)
+
+    def _binary_mask(self):
+        return tf.constant([kind == "binary" for kind in self.tasks.values()])
+
+    def _experts(self, params, x):
+        kernel = params["experts/kernel_0"]  # (K, d, E, u)
+        k, d, e, u = kernel.shape
+        h = tf.reshape(tf.matmul(x, tf.reshape(kernel, (k, d, e * u))), (k, -1, e, u))
+        h = self.expert_activation(h + params["experts/bias_0"][:, None])
+        for i in range(1, self.layout["expert_layers"]):
+            h = tf.einsum("kbei,keio->kbeo", h, params[f"experts/kernel_{i}"])
+            h = self.expert_activation(h + params[f"experts/bias_{i}"][:, None])
+        return h
+
+    def _gates(self, params, x, training, step):
+        kernel = params["gates/kernel"]  # (K, d, G, E)
+        k, d, g, e = kernel.shape
+        logits = tf.reshape(tf.matmul(x, tf.reshape(kernel, (k, d, g * e))), (k, -1, g, e))
+        logits = (logits + params["gates/bias"][:, None]) / self.temperature
+        if training and self.dropout_rate > 0:
+            logits = self._drop_experts(logits, step)
+        return tf.nn.softmax(logits, axis=-1)
+
+    def _drop_experts(self, logits, step):
+        """Expert dropout exactly as :class:`ExpertDropoutGate`: per replica and gate, the draws of
+        ``stateless_uniform(seed=[gate seed, step])``; one expert kept when a row drops all."""
+        k, _, g, e = logits.shape
+        draws = tf.stack([
+            tf.stack([
+                tf.random.stateless_uniform(
+                    tf.shape(logits)[1::2], seed=tf.stack([tf.constant(self.dropout_seeds[r, j]), step]),
+                    dtype=tf.float32)
+                for j in range(g)], axis=1)
+            for r in range(k)])  # (K, B, G, E)
+        keep = draws >= self.dropout_rate
+        rescue = tf.one_hot(tf.argmax(draws, axis=-1), e, on_value=True, off_value=False)
+        keep = tf.logical_or(keep, tf.logical_and(rescue, tf.logical_not(tf.reduce_any(keep, -1, keepdims=True))))
+        return tf.where(keep, logits, tf.fill(tf.shape(logits), float("-inf")))
+
+
+# --- the builders' models as named weight groups -------------------------------------------------
+
+
+def _dense_layers(model, prefix, count_from=0):
+    layers = []
+    while True:
+        try:
+            layers.append(model.get_layer(f"{prefix}_{len(layers) + count_from}"))
+        except ValueError:
+            return layers
+
+
+def _layout(model, tasks):
+    """Which Keras variables make each stacked weight: ``{name: (stack axis or None, [variables])}``."""
+    names = [layer.name for layer in model.layers]
+    unsupported = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    if unsupported:
+        raise ValueError(f"ReplicaStack does not support dropout layers, model {model.name!r} has {unsupported}")
+    groups = {}
+    layout = {"groups": groups}
+    moe = [layer for layer in model.layers if isinstance(layer, MMoELayer)]
+    if moe:
+        layer = moe[0]
+        bank = layer.expert_bank
+        if bank.experts is not None or layer.gate_hidden_units or not bank.use_bias:
+            raise ValueError(
+                f"ReplicaStack supports MMoELayer with built-in experts, linear gates and biases; layer "
+                f"{layer.name!r} has experts={bank.experts is not None}, gate_hidden_units="
+                f"{layer.gate_hidden_units}, use_bias={bank.use_bias}"
+            )
+        layout.update(kind="moe", expert_layers=len(bank.units), expert_activation=bank.activation, gates=layer.gates)
+        for i in range(len(bank.units)):
+            groups[f"experts/kernel_{i}"] = (None, [bank.kernels[i]])
+            groups[f"experts/bias_{i}"] = (None, [bank.biases[i]])
+        groups["gates/kernel"] = (1, [gate.logits_layer.kernel for gate in layer.gates])
+        groups["gates/bias"] = (0, [gate.logits_layer.bias for gate in layer.gates])
+        regularized = [bank.kernel_regularizer, bank.bias_regularizer]
+    elif "bottom_0" in names:
+        bottom = _dense_layers(model, "bottom")
+        layout.update(kind="shared_bottom", bottom_layers=len(bottom), bottom_activations=[d.activation for d in bottom])
+        for i, dense in enumerate(bottom):
+            groups[f"bottom/kernel_{i}"] = (None, [dense.kernel])
+            groups[f"bottom/bias_{i}"] = (None, [dense.bias])
+        regularized = [d.kernel_regularizer for d in bottom]
+    else:
+        raise ValueError(
+            f"ReplicaStack needs a model of build_mmoe, build_omoe or build_shared_bottom; model "
+            f"{model.name!r} has neither an MMoELayer nor a 'bottom_0' layer (layers: {names})"
+        )
+    towers = [_dense_layers(model, f"{task}_tower") for task in tasks]
+    outputs = []
+    for task in tasks:
+        if task not in names:
+            raise ValueError(f"Model {model.name!r} has no output layer named {task!r} (layers: {names})")
+        outputs.append(model.get_layer(task))
+    depth = {len(t) for t in towers}
+    if len(depth) != 1:
+        raise ValueError(f"ReplicaStack needs towers of one depth for all tasks, model {model.name!r} has {depth}")
+    layout["tower_activations"] = [dense.activation for dense in towers[0]]
+    for i in range(depth.pop()):
+        groups[f"tower/kernel_{i}"] = (0, [t[i].kernel for t in towers])
+        groups[f"tower/bias_{i}"] = (0, [t[i].bias for t in towers])
+    groups["output/kernel"] = (0, [d.kernel for d in outputs])
+    groups["output/bias"] = (0, [d.bias for d in outputs])
+    regularized += [d.kernel_regularizer for t in towers for d in t]
+    if any(r is not None for r in regularized):
+        raise ValueError(f"ReplicaStack does not support weight regularizers (model {model.name!r})")
+    return layout
+
+
+def _read(layout):
+    arrays = {}
+    for name, (axis, variables) in layout["groups"].items():
+        values = [_value(v) for v in variables]
+        arrays[name] = values[0] if axis is None else np.stack(values, axis=axis)
+    return arrays
+
+
+def _write(model, layout, arrays):
+    for name, (axis, variables) in layout["groups"].items():
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[name] if axis is None else np.take(arrays[name], i, axis=axis))
+
+
+# --- data and training --------------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaData:
+    """Data draws shared by replicas: ``x`` (D, N, d) and ``y`` (D, N, T) float32 per split.
+
+    Replica ``k`` reads draw ``draws[k]`` (several replicas, e.g. one per learning rate, may share
+    a draw). Every draw of a split has the same number of rows.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+    def __post_init__(self):
+        for split in ("train", "val"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
+                raise ValueError(
+                    f"ReplicaData needs x_{split} (draws, rows, features) and y_{split} (draws, rows, tasks) "
+                    f"with the same draws and rows, received shapes {x.shape} and {y.shape}"
+                )
+
+
+def batch_order(seed, epoch, num_rows):
+    """The row order of one epoch of one run: a permutation drawn from ``(seed, epoch)``."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_rows).astype(np.int32)
+
+
+def stack_labels(y, tasks):
+    """``{task: (N, 1)}`` label arrays -> one (N, T) float32 array in task order."""
+    return np.concatenate([np.asarray(y[t], np.float32).reshape(-1, 1) for t in tasks], axis=1)
+
+
+class ReplicaTrainer:
+    """Adam training of a :class:`ReplicaStack` with per-replica learning rates and early stopping."""
+
+    def __init__(self, stack, learning_rates, batch_size=256):
+        self.stack = stack
+        k = stack.num_replicas
+        lr = np.asarray(list(learning_rates), dtype=np.float32)
+        if lr.shape != (k,) or not np.all(lr > 0):
+            raise ValueError(f"`learning_rates` must be {k} positive numbers (one per replica), received {lr.tolist()}")
+        self.learning_rates = lr
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        params = stack.params
+        self.m = {n: tf.Variable(tf.zeros_like(v), name=f"m_{n.replace('/', '_')}") for n, v in params.items()}
+        self.v = {n: tf.Variable(tf.zeros_like(v), name=f"v_{n.replace('/', '_')}") for n, v in params.items()}
+        self.best = {n: tf.Variable(v, name=f"best_{n.replace('/', '_')}") for n, v in params.items()}
+        self.iterations = tf.Variable(0, dtype=tf.int64, name="iterations")
+        self.active = tf.Variable(tf.ones((k,), tf.bool), name="active")
+        self._lr = tf.constant(lr)
+        self._epoch_fn = tf.function(self._epoch, reduce_retracing=True)
+        self._loss_fn = tf.function(self._loss_sums, reduce_retracing=True)
+
+    def _broadcast(self, vector, like):
+        return tf.reshape(vector, (-1,) + (1,) * (len(like.shape) - 1))
+
+    def _train_step(self, x, y):
+        params = self.stack.params
+        with tf.GradientTape() as tape:
+            losses = self.stack.losses(params, x, y, training=True, step=self.iterations)  # (K, T)
+            total = tf.reduce_sum(losses, axis=1)  # (K,)
+            objective = tf.reduce_sum(total)
+        names = list(params)
+        grads = tape.gradient(objective, [params[n] for n in names])
+        local_step = tf.cast(self.iterations + 1, tf.float32)
+        alpha = self._lr * tf.sqrt(1 - tf.pow(BETA_2, local_step)) / (1 - tf.pow(BETA_1, local_step))
+        for name, grad in zip(names, grads):
+            var, m, v = params[name], self.m[name], self.v[name]
+            active = self._broadcast(self.active, var)
+            new_m = m + (grad - m) * (1 - BETA_1)
+            new_v = v + (tf.square(grad) - v) * (1 - BETA_2)
+            new_var = var - (new_m * self._broadcast(alpha, var)) / (tf.sqrt(new_v) + EPSILON)
+            m.assign(tf.where(active, new_m, m))
+            v.assign(tf.where(active, new_v, v))
+            var.assign(tf.where(active, new_var, var))
+        self.iterations.assign_add(1)
+        return total
+
+    def _epoch(self, x_flat, y_flat, index):
+        """One epoch; ``index`` (K, N) rows of ``x_flat`` in each replica's order. Returns the mean
+        training loss of each replica over the epoch's batches."""
+        num_rows = tf.shape(index)[1]
+        steps = (num_rows + self.batch_size - 1) // self.batch_size
+        total = tf.zeros((self.stack.num_replicas,), tf.float32)
+        for s in tf.range(steps):
+            rows = index[:, s * self.batch_size:(s + 1) * self.batch_size]
+            total += self._train_step(tf.gather(x_flat, rows), tf.gather(y_flat, rows))
+        return total / tf.cast(steps, tf.float32)
+
+    def _loss_sums(self, params, x_flat, y_flat, index, chunk):
+        """Per-replica, per-task loss summed over the rows ``index`` (K, N), in chunks of rows."""
+        num_rows = tf.shape(index)[1]
+        sums = tf.zeros((self.stack.num_replicas, len(self.stack.tasks)), tf.float32)
+        for start in tf.range(0, num_rows, chunk):
+            rows = index[:, start:start + chunk]
+            x, y = tf.gather(x_flat, rows), tf.gather(y_flat, rows)
+            sums += tf.reduce_sum(self.stack._pointwise_loss(y, self.stack.outputs(params, x)), axis=1)
+        return sums
+
+    def evaluate(self, x, y, draws, params=None):
+        """Per-replica, per-task mean loss (K, T) on draws ``x`` (D, N, d), ``y`` (D, N, T)."""
+        x_flat, y_flat, index = _flatten(x, y, draws)
+        chunk = max(64, 2**17 // self.stack.num_replicas)
+        sums = self._loss_fn(self.stack.params if params is None else params, x_flat, y_flat, index, chunk)
+        return sums.numpy().astype(np.float64) / x.shape[1]
+
+    def fit(self, data, draws, seeds, max_epochs, patience=None, progress=None):
+        """Trains every replica for up to ``max_epochs`` epochs; returns one record per replica.
+
+        Args:
+            data: :class:`ReplicaData`.
+            draws: the draw index of every replica (K,).
+            seeds: the batch-order seed of every replica (K,); epoch ``e`` of replica ``k`` visits
+                the rows in the order ``batch_order(seeds[k], e, N)``.
+            max_epochs: the most epochs a replica trains.
+            patience: early stopping on the validation loss (None: none; the best epoch's weights
+                are still the ones kept).
+            progress: optional ``progress(epoch, record)`` called after every epoch.
+
+        Returns:
+            A list of K dicts: ``val_loss`` (per epoch), ``train_loss`` (per epoch), ``best_epoch``
+            (1-based), ``best_val_loss``, ``best_val_task_loss``, ``epochs`` (epochs trained),
+            ``stopped`` (early stopping fired). The stack then holds each replica's best weights.
+        """
+        k = self.stack.num_replicas
+        draws, seeds = np.asarray(list(draws), np.int64), [int(s) for s in seeds]
+        if draws.shape != (k,) or len(seeds) != k:
+            raise ValueError(f"`draws` and `seeds` need one entry per replica ({k}), received {draws.shape[0]} and {len(seeds)}")
+        if draws.min() < 0 or draws.max() >= data.x_train.shape[0]:
+            raise ValueError(f"`draws` must index the {data.x_train.shape[0]} data draws, received {draws.tolist()}")
+        check_positive_int("max_epochs", max_epochs)
+        if patience is not None:
+            check_positive_int("patience", patience)
+        x_flat, y_flat, _ = _flatten(data.x_train, data.y_train, draws)
+        n = data.x_train.shape[1]
+        stopping = EarlyStopping(k, patience)
+        train_curves, val_curves, val_task = [], [], []
+        for epoch in range(max_epochs):
+            order = np.stack([batch_order(s, epoch, n) for s in seeds]) + (draws * n)[:, None].astype(np.int32)
+            train_loss = self._epoch_fn(x_flat, y_flat, tf.constant(order)).numpy()
+            task_loss = self.evaluate(data.x_val, data.y_val, draws)
+            val_loss = task_loss.sum(axis=1)
+            improved = stopping.update(epoch, val_loss)
+            self._keep_best(improved)
+            self.active.assign(~stopping.stopped)
+            for curve, value in ((train_curves, train_loss), (val_curves, val_loss), (val_task, task_loss)):
+                trained = (stopping.trained_epochs > epoch).reshape((-1,) + (1,) * (value.ndim - 1))
+                curve.append(np.where(trained, value, np.nan))
+            if progress:
+                progress(epoch, {"val_loss": val_loss, "active": int((~stopping.stopped).sum())})
+            if stopping.stopped.all():
+                break
+        for name, variable in self.stack.params.items():
+            variable.assign(self.best[name])
+        steps_per_epoch = math.ceil(n / self.batch_size)
+        records = []
+        for r in range(k):
+            epochs = int(stopping.trained_epochs[r])
+            best_epoch = int(stopping.best_epoch[r])
+            records.append({
+                "learning_rate": float(self.learning_rates[r]),
+                "epochs": epochs,
+                "steps": epochs * steps_per_epoch,
+                "best_epoch": best_epoch + 1,
+                "best_step": (best_epoch + 1) * steps_per_epoch,
+                "stopped": bool(stopping.stopped[r]),
+                "best_val_loss": float(val_curves[best_epoch][r]),
+                "best_val_task_loss": [float(v) for v in val_task[best_epoch][r]],
+                "val_loss": [float(c[r]) for c in val_curves[:epochs]],
+                "train_loss": [float(c[r]) for c in train_curves[:epochs]],
+            })
+        return records
+
+    def _keep_best(self, improved):
+        mask = tf.constant(improved)
+        for name, variable in self.stack.params.items():
+            self.best[name].assign(tf.where(self._broadcast(mask, variable), variable, self.best[name]))
+
+
+class EarlyStopping:
+    """Per-replica bookkeeping of ``keras.callbacks.EarlyStopping(monitor="val_loss", patience,
+    restore_best_weights=True)``: improvement = strictly lower than the best so far; a replica
+    stops after ``patience`` epochs in a row without one. Epoch 0 is always recorded as best
+    (Keras keeps the first weights even when the loss is NaN); a NaN is never an improvement, as
+    in tf-keras (Keras 3 takes a NaN first loss as the best and then never sees an improvement)."""
+
+    def __init__(self, num_replicas, patience=None):
+        self.patience = patience
+        self.best = np.full(num_replicas, np.inf)
+        self.best_epoch = np.zeros(num_replicas, dtype=np.int64)
+        self.wait = np.zeros(num_replicas, dtype=np.int64)
+        self.stopped = np.zeros(num_replicas, dtype=bool)
+        self.trained_epochs = np.zeros(num_replicas, dtype=np.int64)
+
+    def update(self, epoch, losses):
+        """Records epoch ``epoch``'s losses of the replicas still training; returns the mask of
+        replicas whose weights are now their best."""
+        running = ~self.stopped
+        self.trained_epochs[running] = epoch + 1
+        improved = running & (losses < self.best)
+        improved |= running & (epoch == 0)
+        self.best = np.where(improved & (losses < self.best), losses, self.best)
+        self.best_epoch = np.where(improved, epoch, self.best_epoch)
+        self.wait = np.where(improved, 0, self.wait + running)
+        if epoch == 0:  # Keras counts the first epoch's wait only when it did not improve
+            self.wait = np.where(running & ~(losses < np.inf), 1, self.wait)
+        if self.patience is not None:
+            self.stopped |= running & (self.wait >= self.patience) & (epoch > 0)
+        return improved
+
+
+def _flatten(x, y, draws):
+    d, n = x.shape[:2]
+    x_flat = tf.constant(np.asarray(x, np.float32).reshape(d * n, -1))
+    y_flat = tf.constant(np.asarray(y, np.float32).reshape(d * n, -1))
+    index = (np.asarray(draws, np.int64)[:, None] * n + np.arange(n)[None, :]).astype(np.int32)
+    return x_flat, y_flat, tf.constant(index)
+
+
