@@ -132,6 +132,28 @@ def test_predict_and_evaluate_agree_with_the_keras_model():
         np.testing.assert_allclose(losses[k], mse, rtol=1e-5)
 
 
+def test_monitor_drives_early_stopping_and_the_kept_weights():
+    from keras_mmoe.metrics import roc_auc
+
+    tasks = {"click": "binary", "buy": "binary"}
+    data = draws(2, tasks)
+    stack = R.ReplicaStack([build("mmoe", s, tasks) for s in range(2)], tasks)
+    trainer = R.ReplicaTrainer(stack, [1e-2, 3e-3], BATCH)
+
+    def minus_auc(predictions, labels):  # the main task's validation AUC, higher is better
+        return [-roc_auc(labels[k, :, 0], predictions[k, :, 0]) for k in range(len(predictions))]
+
+    records = trainer.fit(data, [0, 1], [0, 1], 6, patience=2, monitor=minus_auc)
+    kept = trainer.predict(data.x_val, [0, 1])
+    for k, record in enumerate(records):
+        assert len(record["val_monitor"]) == record["epochs"]
+        assert record["best_epoch"] == int(np.argmin(record["val_monitor"])) + 1
+        assert record["best_val_monitor"] == pytest.approx(-roc_auc(data.y_val[k][:, 0], kept[k][:, 0]), abs=1e-6)
+        np.testing.assert_allclose(kept[k], stack.predict(data.x_val[[0, 1]]).numpy()[k], rtol=1e-6)
+    with pytest.raises(ValueError, match="monitor"):
+        R.ReplicaTrainer(stack, [1e-3, 1e-3]).fit(data, [0, 1], [0, 1], 1, monitor=lambda p, y: [0.0])
+
+
 def test_early_stopping_bookkeeping():
     inf, nan = np.inf, np.nan
     curves = np.array([

@@ -330,6 +330,7 @@ class ReplicaTrainer:
         self._lr = tf.constant(lr)
         self._epoch_fn = tf.function(self._epoch, reduce_retracing=True)
         self._loss_fn = tf.function(self._loss_sums, reduce_retracing=True)
+        self._predict_fn = tf.function(self._predict_chunk, reduce_retracing=True)
 
     def _broadcast(self, vector, like):
         return tf.reshape(vector, (-1,) + (1,) * (len(like.shape) - 1))
@@ -377,14 +378,33 @@ class ReplicaTrainer:
             sums += tf.reduce_sum(self.stack._pointwise_loss(y, self.stack.outputs(params, x)), axis=1)
         return sums
 
+    def _chunk(self):
+        return max(64, 2**17 // self.stack.num_replicas)
+
     def evaluate(self, x, y, draws, params=None):
         """Per-replica, per-task mean loss (K, T) on draws ``x`` (D, N, d), ``y`` (D, N, T)."""
         x_flat, y_flat, index = _flatten(x, y, draws)
-        chunk = max(64, 2**17 // self.stack.num_replicas)
-        sums = self._loss_fn(self.stack.params if params is None else params, x_flat, y_flat, index, chunk)
-        return sums.numpy().astype(np.float64) / x.shape[1]
+        return self._mean_losses(x_flat, y_flat, index, params)
 
-    def fit(self, data, draws, seeds, max_epochs, patience=None, progress=None):
+    def _mean_losses(self, x_flat, y_flat, index, params=None):
+        sums = self._loss_fn(self.stack.params if params is None else params, x_flat, y_flat, index, self._chunk())
+        return sums.numpy().astype(np.float64) / int(index.shape[1])
+
+    def predict(self, x, draws, params=None):
+        """Predictions (K, N, T) of every replica on its draw of ``x`` (D, N, d), output activation applied."""
+        x_flat, _, index = _flatten(x, np.zeros(x.shape[:2] + (1,), np.float32), draws)
+        return self._predict_rows(x_flat, index, params)
+
+    def _predict_rows(self, x_flat, index, params=None):
+        params = self.stack.params if params is None else params
+        chunk, n = self._chunk(), int(index.shape[1])
+        parts = [self._predict_fn(params, x_flat, index[:, start:start + chunk]).numpy() for start in range(0, n, chunk)]
+        return np.concatenate(parts, axis=1)
+
+    def _predict_chunk(self, params, x_flat, rows):
+        return self.stack.predict(tf.gather(x_flat, rows), params)
+
+    def fit(self, data, draws, seeds, max_epochs, patience=None, progress=None, monitor=None):
         """Trains every replica for up to ``max_epochs`` epochs; returns one record per replica.
 
         Args:
@@ -396,11 +416,16 @@ class ReplicaTrainer:
             patience: early stopping on the validation loss (None: none; the best epoch's weights
                 are still the ones kept).
             progress: optional ``progress(epoch, record)`` called after every epoch.
+            monitor: optional ``monitor(predictions, labels) -> (K,)``, lower is better, computed on
+                the validation predictions (K, N, T) and labels (K, N, T) after every epoch (for
+                example minus the main task's AUC); early stopping and the kept weights then follow
+                it instead of the validation loss, and it is recorded as ``val_monitor``.
 
         Returns:
             A list of K dicts: ``val_loss`` (per epoch), ``train_loss`` (per epoch), ``best_epoch``
             (1-based), ``best_val_loss``, ``best_val_task_loss``, ``epochs`` (epochs trained),
-            ``stopped`` (early stopping fired). The stack then holds each replica's best weights.
+            ``stopped`` (early stopping fired); with ``monitor`` also ``val_monitor`` (per epoch) and
+            ``best_val_monitor``. The stack then holds each replica's best weights.
         """
         k = self.stack.num_replicas
         draws, seeds = np.asarray(list(draws), np.int64), [int(s) for s in seeds]
@@ -412,18 +437,26 @@ class ReplicaTrainer:
         if patience is not None:
             check_positive_int("patience", patience)
         x_flat, y_flat, _ = _flatten(data.x_train, data.y_train, draws)
+        val_x, val_y, val_index = _flatten(data.x_val, data.y_val, draws)
         n = data.x_train.shape[1]
         stopping = EarlyStopping(k, patience)
-        train_curves, val_curves, val_task = [], [], []
+        train_curves, val_curves, val_task, monitored = [], [], [], []
+        val_labels = tf.gather(val_y, val_index).numpy() if monitor is not None else None
         for epoch in range(max_epochs):
             order = np.stack([batch_order(s, epoch, n) for s in seeds]) + (draws * n)[:, None].astype(np.int32)
             train_loss = self._epoch_fn(x_flat, y_flat, tf.constant(order)).numpy()
-            task_loss = self.evaluate(data.x_val, data.y_val, draws)
+            task_loss = self._mean_losses(val_x, val_y, val_index)
             val_loss = task_loss.sum(axis=1)
-            improved = stopping.update(epoch, val_loss)
+            watched = val_loss
+            if monitor is not None:
+                watched = np.asarray(monitor(self._predict_rows(val_x, val_index), val_labels), dtype=np.float64)
+                if watched.shape != (k,):
+                    raise ValueError(f"`monitor` must return one value per replica ({k}), returned shape {watched.shape}")
+            improved = stopping.update(epoch, watched)
             self._keep_best(improved)
             self.active.assign(~stopping.stopped)
-            for curve, value in ((train_curves, train_loss), (val_curves, val_loss), (val_task, task_loss)):
+            for curve, value in ((train_curves, train_loss), (val_curves, val_loss), (val_task, task_loss),
+                                 (monitored, watched)):
                 trained = (stopping.trained_epochs > epoch).reshape((-1,) + (1,) * (value.ndim - 1))
                 curve.append(np.where(trained, value, np.nan))
             if progress:
@@ -449,6 +482,9 @@ class ReplicaTrainer:
                 "val_loss": [float(c[r]) for c in val_curves[:epochs]],
                 "train_loss": [float(c[r]) for c in train_curves[:epochs]],
             })
+            if monitor is not None:
+                records[-1]["val_monitor"] = [float(c[r]) for c in monitored[:epochs]]
+                records[-1]["best_val_monitor"] = float(monitored[best_epoch][r])
         return records
 
     def _keep_best(self, improved):
