@@ -107,6 +107,31 @@ def test_per_replica_early_stopping_matches_keras(name):
         assert r["best_step"] == r["best_epoch"] * 13 and r["steps"] == r["epochs"] * 13
 
 
+@pytest.mark.parametrize("name, rate", [("mmoe", 0.2), ("shared_bottom", 0.0)])
+def test_dropping_stopped_replicas_changes_nothing(name, rate):
+    # Compaction (stopped replicas leave the computation) gives the same runs; a smaller stack's
+    # batched products may round differently in the last bit.
+    data = draws(3, unrelated_validation=[1, 2])
+    lrs, replica_draws = [3e-3, 1e-2, 3e-3, 1e-2, 1e-3], [0, 1, 2, 1, 0]
+    results, computing = [], []
+    for compact in (False, True):
+        stack = R.ReplicaStack([build(name, s, rate=rate) for s in range(5)], TASKS)
+        trainer = R.ReplicaTrainer(stack, lrs, BATCH, compact=compact)
+        log = []
+        records = trainer.fit(data, replica_draws, range(5), 8, patience=1,
+                              progress=lambda e, info: log.append(info["computing"]))
+        computing.append(log)
+        results.append((records, {n: v.numpy() for n, v in stack.params.items()},
+                        trainer.evaluate(data.x_val, data.y_val, replica_draws)))
+    assert computing[0] == [5] * len(computing[0]) and min(computing[1]) < 5  # it did compact
+    for plain, compacted in zip(results[0][0], results[1][0]):
+        assert {k: v for k, v in plain.items() if "loss" not in k} == {k: v for k, v in compacted.items() if "loss" not in k}
+        np.testing.assert_allclose(plain["val_loss"], compacted["val_loss"], rtol=1e-6)
+    for n in results[0][1]:
+        np.testing.assert_allclose(results[0][1][n], results[1][1][n], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-6)
+
+
 def test_binary_tasks_and_expert_dropout_follow_keras():
     tasks = {"click": "binary", "buy": "binary"}
     assert_replicas_follow_keras("mmoe", tasks, [3e-3, 1e-3], draws(1, tasks), [0, 0], epochs=2,
@@ -205,6 +230,10 @@ def test_errors_name_the_argument():
         R.ReplicaTrainer(stack, [1e-3, 0.0])
     with pytest.raises(ValueError, match="batch_size"):
         R.ReplicaTrainer(stack, [1e-3, 1e-3], batch_size=0)
+    trainer = R.ReplicaTrainer(stack, [1e-3, 1e-3])
+    trainer.fit(draws(1), [0, 0], [0, 1], 1)
+    with pytest.raises(ValueError, match="trains its stack once"):
+        trainer.fit(draws(1), [0, 0], [0, 1], 1)
     trainer = R.ReplicaTrainer(stack, [1e-3, 1e-3])
     with pytest.raises(ValueError, match="draws"):
         trainer.fit(draws(1), [0, 1], [0, 1], 1)
