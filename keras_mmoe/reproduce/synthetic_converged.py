@@ -14,10 +14,11 @@ Protocol (MMoE paper sections 3.2 and 5, with what the paper leaves open fixed h
 * reported: per model and correlation, the learning rate with the lowest mean best validation
   loss, and the test loss (sum of the two tasks' MSE) of its runs.
 
-A unit of work is one (noise, correlation, model): its ``runs x learning rates`` replicas train
-together in one :class:`keras_mmoe.reproduce.replicas.ReplicaTrainer`, and its runs are written to
-the study's JSON (:class:`keras_mmoe.reproduce.store.StudyStore`) when it ends, so a killed study
-resumes at the first unfinished unit.
+A unit of work is one (noise, correlation, model, learning rate): its runs train together as
+replicas of one :class:`keras_mmoe.reproduce.replicas.ReplicaTrainer`, and they are written to the
+study's JSON (:class:`keras_mmoe.reproduce.store.StudyStore`) when it ends, so a killed study
+resumes at the first unfinished unit. (One unit per learning rate, because a unit lasts as long as
+its slowest run, and the runs of one learning rate stop at similar epochs.)
 """
 
 import math
@@ -66,13 +67,14 @@ def settings_with(**overrides):
     return settings
 
 
-def unit_key(noise, correlation, model):
-    return f"noise={noise:g}/p={correlation:g}/{model}"
+def unit_key(noise, correlation, model, learning_rate):
+    return f"noise={noise:g}/p={correlation:g}/{model}/lr={learning_rate:g}"
 
 
 def units(settings):
-    """Every unit of the study, in the order they run: ``(noise, correlation, model)``."""
-    return [(n, c, m) for n in settings["noise_stddevs"] for c in settings["correlations"] for m in settings["models"]]
+    """Every unit of the study, in the order they run: ``(noise, correlation, model, learning rate)``."""
+    return [(n, c, m, lr) for n in settings["noise_stddevs"] for c in settings["correlations"]
+            for m in settings["models"] for lr in settings["learning_rates"]]
 
 
 def draw(settings, correlation, noise, seed):
@@ -104,46 +106,41 @@ def _rounded(curve):
     return [float(f"{v:.6g}") for v in curve]
 
 
-def train_unit(settings, noise, correlation, model, progress=None):
-    """Trains one unit's ``runs x learning rates`` replicas; returns one record per replica."""
+def train_unit(settings, noise, correlation, model, learning_rate, progress=None):
+    """Trains one unit's runs as replicas; returns one record per run."""
     from keras_mmoe._keras import keras
     from keras_mmoe.reproduce import replicas as R
 
     start = time.perf_counter()
     keras.backend.clear_session()
     seeds = [settings["seed"] + r for r in range(settings["runs"])]
-    lrs = list(settings["learning_rates"])
     splits, label_corr = zip(*(draw(settings, correlation, noise, s) for s in seeds))
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (
         (np.stack([s[i][0] for s in splits]), np.stack([s[i][1] for s in splits])) for i in range(3))
     data = R.ReplicaData(x_tr, y_tr, x_va, y_va)
-    replica_runs = [(r, lr) for r in range(len(seeds)) for lr in lrs]
-    models = []
-    for r in range(len(seeds)):
-        m = build_model(settings, model, seeds[r])
-        models += [m] * len(lrs)  # every learning rate starts from the run's initial weights
+    # Run r starts from the same initial weights (seed r) at every learning rate.
+    models = [build_model(settings, model, s) for s in seeds]
     params = int(models[0].count_params())
     stack = R.ReplicaStack(models, TASKS)
     del models
-    trainer = R.ReplicaTrainer(stack, [lr for _, lr in replica_runs], settings["batch_size"])
-    draws = [r for r, _ in replica_runs]
+    trainer = R.ReplicaTrainer(stack, [learning_rate] * len(seeds), settings["batch_size"])
+    draws = list(range(len(seeds)))
+    key = unit_key(noise, correlation, model, learning_rate)
 
     def report(epoch, info):
         if progress and (epoch == 0 or (epoch + 1) % 10 == 0):
-            progress(f"  {unit_key(noise, correlation, model)}: epoch {epoch + 1}: {info['active']} of "
-                     f"{len(replica_runs)} runs still training")
+            progress(f"  {key}: epoch {epoch + 1}: {info['active']} of {len(seeds)} runs still training")
 
-    records = trainer.fit(data, draws, [seeds[r] for r in draws], settings["max_epochs"], settings["patience"],
-                          progress=report)
+    records = trainer.fit(data, draws, seeds, settings["max_epochs"], settings["patience"], progress=report)
     test = trainer.evaluate(x_te, y_te, draws)
     seconds = round(time.perf_counter() - start, 1)
     steps_per_epoch = math.ceil(x_tr.shape[1] / settings["batch_size"])
     out = []
-    for k, ((r, lr), rec) in enumerate(zip(replica_runs, records)):
+    for r, rec in enumerate(records):
         out.append({
             "model": model, "correlation": correlation, "noise_stddev": noise, "run": r, "seed": seeds[r],
-            "learning_rate": lr, "params": params, "label_correlation": label_corr[r],
-            "test_loss": float(test[k].sum()), "test_task_loss": [float(v) for v in test[k]],
+            "learning_rate": learning_rate, "params": params, "label_correlation": label_corr[r],
+            "test_loss": float(test[r].sum()), "test_task_loss": [float(v) for v in test[r]],
             "best_val_loss": rec["best_val_loss"], "best_epoch": rec["best_epoch"], "epochs": rec["epochs"],
             "stopped": rec["stopped"], "steps_per_epoch": steps_per_epoch,
             "val_loss": _rounded(rec["val_loss"]), "train_loss": _rounded(rec["train_loss"]),
@@ -157,16 +154,15 @@ def run(settings, path, progress=None, session=None):
     store = StudyStore(path, settings, session=session)
     todo = store.pending([unit_key(*u) for u in units(settings)])
     for i, key in enumerate(todo):
-        noise, correlation, model = next(u for u in units(settings) if unit_key(*u) == key)
+        unit = next(u for u in units(settings) if unit_key(*u) == key)
         if progress:
-            progress(f"[{i + 1}/{len(todo)}] {key}: {settings['runs']} runs x {len(settings['learning_rates'])} "
-                     "learning rates")
-        runs = train_unit(settings, noise, correlation, model, progress)
+            progress(f"[{i + 1}/{len(todo)}] {key}: {settings['runs']} runs")
+        runs = train_unit(settings, *unit, progress=progress)
         store.add(key, runs)
         if progress:
-            chosen = choose_learning_rate(runs)
-            progress(f"  done in {runs[0]['unit_seconds']:.0f} s; learning rate {chosen:g}: test loss "
-                     f"mean {np.mean([r['test_loss'] for r in runs if r['learning_rate'] == chosen]):.4f}")
+            progress(f"  done in {runs[0]['unit_seconds']:.0f} s: best validation loss mean "
+                     f"{np.mean([r['best_val_loss'] for r in runs]):.4f}, test loss mean "
+                     f"{np.mean([r['test_loss'] for r in runs]):.4f}, epochs mean {np.mean([r['epochs'] for r in runs]):.0f}")
     store.update(summary=summarize(store.runs))
     return store.record
 
