@@ -148,8 +148,10 @@ def determinism(args):
                        "--epochs", str(args.epochs), "--replicas", str(args.replicas[0])]
             if flag:
                 command.append("--op-determinism")
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            child = json.loads(out.strip().splitlines()[-1])
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
             times[flag]["keras"].append(child["keras"])
             times[flag]["engine"].append(child["engine"])
     rows = []
