@@ -27,14 +27,17 @@ every replica holds the weights of its best epoch.
 
 Initial weights come from Keras models built by the builders (one per replica), so initial
 values follow the product's initializers; :meth:`ReplicaStack.assign_to` writes a replica's
-weights back into such a model.
+weights back into such a model. The tests check that replica k follows ``model.fit`` of its own
+Keras model; benchmarks/README.md has what it saves.
 
-Example:
+Example (four runs, two data draws, two learning rates):
 
->>> models = [build_mmoe(100, tasks, seed=s) for s in range(4)]      # doctest: +SKIP
->>> stack = ReplicaStack(models, tasks)
->>> result = fit_replicas(stack, data, learning_rates=[1e-3] * 4, seeds=range(4),
-...                       max_epochs=200, patience=10)
+>>> tasks = {"y1": "regression", "y2": "regression"}                 # doctest: +SKIP
+>>> stack = ReplicaStack([build_mmoe(100, tasks, seed=s) for s in range(4)], tasks)
+>>> data = ReplicaData(x_train, y_train, x_val, y_val)               # (2, N, 100), (2, N, 2), ...
+>>> trainer = ReplicaTrainer(stack, learning_rates=[1e-3, 1e-3, 1e-2, 1e-2], batch_size=256)
+>>> records = trainer.fit(data, draws=[0, 1, 0, 1], seeds=range(4), max_epochs=200, patience=10)
+>>> losses = trainer.evaluate(x_test, y_test, draws=[0, 1, 0, 1])     # (4, 2), best weights
 """
 
 import math
@@ -118,21 +121,18 @@ class ReplicaStack:
         if self.kind == "moe":
             h = self._experts(params, x)  # (K, B, E, u)
             g = self._gates(params, x, training, step)  # (K, B, G, E)
-            f = tf.einsum("kbge,kbeu->kbgu", g, h)  # (K, B, G, u); G = 1 broadcasts over tasks
-            if f.shape[2] == 1 and len(self.tasks) > 1:
-                f = tf.repeat(f, len(self.tasks), axis=2)
+            f = tf.einsum("kbge,kbeu->kbgu", g, h)  # (K, B, G, u)
+            if f.shape[2] == 1:
+                f = f[:, :, 0]  # OMoE: one mixture, the input of every task's tower
         else:
             f = x
             for i in range(self.layout["bottom_layers"]):
                 f = self.layout["bottom_activations"][i](
                     tf.matmul(f, params[f"bottom/kernel_{i}"]) + params[f"bottom/bias_{i}"][:, None, :]
                 )
-            f = tf.repeat(f[:, :, None, :], len(self.tasks), axis=2)  # (K, B, T, u)
         for i, activation in enumerate(self.layout["tower_activations"]):
-            f = activation(tf.einsum("kbti,ktio->kbto", f, params[f"tower/kernel_{i}"])
-                           + params[f"tower/bias_{i}"][:, None])
-        out = tf.einsum("kbti,ktio->kbto", f, params["output/kernel"]) + params["output/bias"][:, None]
-        return out[..., 0]
+            f = activation(_task_dense(f, params[f"tower/kernel_{i}"], params[f"tower/bias_{i}"]))
+        return _task_dense(f, params["output/kernel"], params["output/bias"])[..., 0]
 
     def predict(self, x, params=None):
         """Predictions (K, B, T) with the output activation (sigmoid for binary tasks)."""
@@ -188,6 +188,16 @@ class ReplicaStack:
         rescue = tf.one_hot(tf.argmax(draws, axis=-1), e, on_value=True, off_value=False)
         keep = tf.logical_or(keep, tf.logical_and(rescue, tf.logical_not(tf.reduce_any(keep, -1, keepdims=True))))
         return tf.where(keep, logits, tf.fill(tf.shape(logits), float("-inf")))
+
+
+def _task_dense(f, kernel, bias):
+    """Every task's Dense layer at once: kernel (K, T, i, o), bias (K, T, o); ``f`` is (K, B, T, i),
+    or (K, B, i) when all tasks read the same input (one matmul with the tasks' kernels side by side)."""
+    if len(f.shape) == 4:
+        return tf.einsum("kbti,ktio->kbto", f, kernel) + bias[:, None]
+    k, t, i, o = kernel.shape
+    side_by_side = tf.reshape(tf.transpose(kernel, (0, 2, 1, 3)), (k, i, t * o))
+    return tf.reshape(tf.matmul(f, side_by_side), (k, -1, t, o)) + bias[:, None]
 
 
 # --- the builders' models as named weight groups -------------------------------------------------
