@@ -25,12 +25,52 @@ def _quiet_tensorflow_import():
         _os.close(devnull)
 
 
-if _sys.argv and _os.path.basename(_sys.argv[0]) == "keras-mmoe" and not _os.environ.get("KERAS_MMOE_VERBOSE_IMPORT"):
-    _quiet_tensorflow_import()
+def _command_line_process():
+    """True in the ``keras-mmoe`` console script and in ``python -m keras_mmoe.cli.main``."""
+    if _sys.argv and _os.path.basename(_sys.argv[0]) == "keras-mmoe":
+        return True
+    orig = list(getattr(_sys, "orig_argv", ()))
+    return any(a == "-m" and b == "keras_mmoe.cli.main" for a, b in zip(orig, orig[1:]))
 
-from keras_mmoe._keras import IS_KERAS_3, KERAS_FLAVOR  # noqa: E402
-from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer  # noqa: E402
-from keras_mmoe import diagnostics, models, weighting  # noqa: E402  (public subpackages)
+
+_LAZY_NAMES = ("IS_KERAS_3", "KERAS_FLAVOR", "ExpertBank", "ExpertDropoutGate", "MMoELayer",
+               "diagnostics", "models", "weighting")
+_loaded = False
+
+
+def _load():
+    """Imports TensorFlow, Keras and every layer (registering them for ``load_model``), and sets
+    the package's attributes. Runs at import, except in the ``keras-mmoe`` command, where it runs
+    on first use (so that ``keras-mmoe --help`` does not wait for TensorFlow) with the C++
+    start-up lines hidden."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    if _command_line_process() and not _os.environ.get("KERAS_MMOE_VERBOSE_IMPORT"):
+        _quiet_tensorflow_import()
+    import importlib
+
+    from keras_mmoe import _keras
+    from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer
+
+    namespace = globals()
+    namespace.update(IS_KERAS_3=_keras.IS_KERAS_3, KERAS_FLAVOR=_keras.KERAS_FLAVOR, ExpertBank=ExpertBank,
+                     ExpertDropoutGate=ExpertDropoutGate, MMoELayer=MMoELayer)
+    for name in ("diagnostics", "models", "weighting"):  # public subpackages
+        namespace[name] = importlib.import_module(f"keras_mmoe.{name}")
+
+
+if _command_line_process():
+
+    def __getattr__(name):
+        if name in _LAZY_NAMES:
+            _load()
+            return globals()[name]
+        raise AttributeError(f"module 'keras_mmoe' has no attribute {name!r}")
+
+else:
+    _load()
 
 __version__ = "0.1.0"
 

@@ -4,12 +4,24 @@ Writes ``<--to>/<version>/`` with the ``serving_default`` (raw named features) a
 ``predict_examples`` (serialized ``tf.train.Example``) signatures, via
 :func:`keras_mmoe.serving.export_for_serving`, and prints the version directory. The version is
 the next free integer unless ``--version`` is given; an existing version is only replaced with
-``--overwrite``.
+``--overwrite``. MODEL may also be, under tf-keras, an ``.h5`` file or a ``model.save(dir)``
+SavedModel directory.
+
+Example::
+
+    keras-mmoe export saved_models/mmoe_synthetic.keras --to saved_models/mmoe_synthetic --version 3
 """
 
 import os
 
-from keras_mmoe.cli.common import CLIError, say
+from keras_mmoe.cli.common import (
+    CLIError,
+    check_version_free,
+    import_tensorflow,
+    is_keras_saved_model_dir,
+    load_keras_model,
+    say,
+)
 
 
 def add_parser(subparsers):
@@ -18,7 +30,7 @@ def add_parser(subparsers):
         help="export a saved .keras model as a versioned SavedModel for TF Serving",
         description=__doc__,
     )
-    p.add_argument("model", metavar="MODEL.keras", help="model saved with model.save('....keras')")
+    p.add_argument("model", metavar="MODEL.keras", help="model saved with model.save('NAME.keras')")
     p.add_argument("--to", required=True, metavar="BASE_DIR",
                    help="the model's base directory for TF Serving, e.g. saved_models/NAME")
     p.add_argument("--version", type=int, default=None, help="version number (default: next free)")
@@ -31,33 +43,16 @@ def add_parser(subparsers):
     return p
 
 
-def load_keras_model(path):
-    """Loads a ``.keras`` model with every keras_mmoe layer registered (no custom_objects needed)."""
-    if not os.path.isfile(path):
-        raise CLIError(f"model file not found: {path}")
-    import keras_mmoe  # noqa: F401  (registers the package's layers for deserialization)
-    from keras_mmoe._keras import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as error:  # the loader raises many types; report it as one line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CLIError(f"cannot load {path} as a Keras model: {first_line}") from error
-
-
 def run(args):
     if args.version is not None and args.version < 1:
         raise CLIError(f"--version must be a positive integer, received {args.version}")
-    if not os.path.isfile(args.model):
+    if not (os.path.isfile(args.model) or is_keras_saved_model_dir(args.model)):
         raise CLIError(f"model file not found: {args.model}")
-    say("importing TensorFlow")
-    from keras_mmoe import KERAS_FLAVOR
-    from keras_mmoe.serving import export_for_serving, list_versions
+    check_version_free(args.to, args.version, args.overwrite)  # fail before the (slow) model load
+    import_tensorflow()
+    from keras_mmoe.serving import export_for_serving
 
-    existing = list_versions(args.to).get(args.version) if args.version is not None else None
-    if existing is not None and not args.overwrite:  # fail before the (slow) model load
-        raise CLIError(f"version {args.version} already exists: {os.path.join(args.to, existing)} (use --overwrite)")
-    say(f"Keras: {KERAS_FLAVOR}; loading {args.model}")
+    say(f"loading {args.model}")
     model = load_keras_model(args.model)
     version_dir = export_for_serving(
         model,

@@ -5,12 +5,17 @@ names), whether warmup records are present, and the op check: every op in the gr
 function library must be a registered TensorFlow op and none a Python callback (PyFunc).
 Exit status 0 when the op check passes, 1 when it fails, 2 on a usage error. Given a base
 directory instead of a version directory, inspects its highest version.
+
+Example::
+
+    keras-mmoe inspect saved_models/mmoe_synthetic/1
+    keras-mmoe inspect saved_models/mmoe_synthetic --json    # the highest version, as JSON
 """
 
 import json
 import os
 
-from keras_mmoe.cli.common import CLIError, say
+from keras_mmoe.cli.common import CLIError, import_tensorflow, say
 
 
 def add_parser(subparsers):
@@ -19,7 +24,7 @@ def add_parser(subparsers):
         help="print an exported SavedModel's signatures and check its ops for TF Serving",
         description=__doc__,
     )
-    p.add_argument("path", metavar="EXPORT_DIR", help="a version directory, e.g. saved_models/NAME/1")
+    p.add_argument("path", metavar="EXPORT_DIR", help="a version directory (e.g. saved_models/NAME/1) or a base directory (its highest version)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
     return p
@@ -31,6 +36,7 @@ def resolve_export_dir(path):
         return path
     if not os.path.isdir(path):
         raise CLIError(f"no such directory: {path}")
+    import_tensorflow(announce=False)
     from keras_mmoe.serving import list_versions
 
     versions = list_versions(path)
@@ -45,6 +51,7 @@ def resolve_export_dir(path):
 
 def run(args):
     path = resolve_export_dir(args.path)
+    import_tensorflow(announce=False)
     from keras_mmoe.serving import check_serving_ops, describe_signatures, format_report
 
     if args.json:

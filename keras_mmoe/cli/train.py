@@ -3,16 +3,23 @@
 With no arguments: MMoE (8 experts x 16 units, towers of 8) on the paper's synthetic data
 (d=100, correlation 0.5), a few epochs, then saves ``saved_models/<name>.keras`` and exports
 a SavedModel to ``saved_models/<name>/<version>/``; ``<name>.json`` records the data settings
-so that ``keras-mmoe evaluate saved_models/<name>.keras`` scores the same held-out rows.
+so that ``keras-mmoe evaluate saved_models/<name>.keras`` (or ``.../<name>/<version>``) scores
+the same held-out rows. Prints Keras progress per epoch and the test MSE per task.
+
+Example::
+
+    keras-mmoe train --epochs 3 --num-experts 4 --out-dir saved_models
+    keras-mmoe train --config train.toml --epochs 10     # the file's settings, 10 epochs
 """
 
 import json
 import os
 import sys
 
-from keras_mmoe.cli.common import CLIError, say
+from keras_mmoe.cli.common import CLIError, check_positive, check_version_free, import_tensorflow, say
 
 MODEL_CHOICES = ("mmoe", "omoe", "shared_bottom", "single_task")
+TRAIN_FRACTION = 0.8  # the rest is the held-out split that train and evaluate score
 
 
 def add_parser(subparsers):
@@ -25,25 +32,36 @@ def add_parser(subparsers):
     p.add_argument("--name", default=None, help="model name under --out-dir (default: <model>_synthetic)")
     p.add_argument("--out-dir", default="saved_models", help="where the .keras file and the export go")
     p.add_argument("--version", type=int, default=None, help="export version (default: next free)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--samples", type=int, default=20_000, help="synthetic rows (80%% train, 20%% test)")
-    p.add_argument("--dim", type=int, default=100, help="synthetic input dimension")
-    p.add_argument("--correlation", type=float, default=0.5, help="task correlation p in [-1, 1]")
-    p.add_argument("--num-experts", type=int, default=8)
-    p.add_argument("--expert-units", type=int, nargs="+", default=[16])
-    p.add_argument("--tower-units", type=int, nargs="+", default=[8])
-    p.add_argument("--expert-dropout-rate", type=float, default=0.0)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the export version if it exists")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    p.add_argument("--samples", type=int, default=20_000,
+                   help="synthetic rows, 80%% train and 20%% held out (default: 20000)")
+    p.add_argument("--dim", type=int, default=100, help="synthetic input dimension d (default: 100)")
+    p.add_argument("--correlation", type=float, default=0.5,
+                   help="task correlation p in [-1, 1], the cosine of the tasks' weight vectors (default: 0.5)")
+    p.add_argument("--num-experts", type=int, default=8, help="experts (mmoe, omoe; default: 8)")
+    p.add_argument("--expert-units", type=int, nargs="+", default=[16], metavar="UNITS",
+                   help="hidden units of each expert, or of the shared bottom / single-task network (default: 16)")
+    p.add_argument("--tower-units", type=int, nargs="+", default=[8], metavar="UNITS",
+                   help="hidden units of each task tower (default: 8)")
+    p.add_argument("--expert-dropout-rate", type=float, default=0.0,
+                   help="expert dropout on the gates' softmax in [0, 1), the YouTube fix (default: 0)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the weights (default: 0)")
     p.set_defaults(func=run)
     return p
 
 
 def _check(args):
-    for flag in ("epochs", "batch_size", "samples", "num_experts"):
-        if getattr(args, flag) < 1:
+    check_positive(args, "epochs", "batch_size", "samples", "dim", "num_experts")
+    for flag in ("expert_units", "tower_units"):
+        if min(getattr(args, flag)) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, received {getattr(args, flag)}")
+    if args.samples < 5:
+        raise CLIError(f"--samples must be >= 5 (80/20 split), received {args.samples}")
+    if not 0.0 <= args.expert_dropout_rate < 1.0:
+        raise CLIError(f"--expert-dropout-rate must be in [0, 1), received {args.expert_dropout_rate}")
     if not -1.0 <= args.correlation <= 1.0:
         raise CLIError(f"--correlation must be in [-1, 1], received {args.correlation}")
     if not args.learning_rate > 0:
@@ -72,10 +90,10 @@ def run(args):
     keras_path = os.path.join(args.out_dir, f"{name}.keras")
     base_dir = os.path.join(args.out_dir, name)
 
-    say("importing TensorFlow")
+    check_version_free(base_dir, args.version, args.overwrite)  # before the (slow) training
+    flavor = import_tensorflow()
     import tensorflow as tf
 
-    from keras_mmoe import KERAS_FLAVOR
     from keras_mmoe._keras import keras
     from keras_mmoe.data import make_synthetic
     from keras_mmoe.models import compile_kwargs
@@ -83,9 +101,9 @@ def run(args):
 
     tf.random.set_seed(args.seed)
     keras.utils.set_random_seed(args.seed)
-    say(f"Keras: {KERAS_FLAVOR}; generating {args.samples} synthetic rows (d={args.dim}, p={args.correlation})")
+    say(f"generating {args.samples} synthetic rows (d={args.dim}, p={args.correlation})")
     data = make_synthetic(args.samples, dim=args.dim, correlation=args.correlation, seed=args.seed)
-    train, test = data.split(0.8, seed=args.seed)
+    train, test = data.split(TRAIN_FRACTION, seed=args.seed)
     say(f"label correlation measured: {data.label_correlation:.4f}")
     tasks = {t: "regression" for t in data.task_names}
 
@@ -106,16 +124,28 @@ def run(args):
     os.makedirs(args.out_dir, exist_ok=True)
     model.save(keras_path)
     say(f"saved Keras model: {keras_path}")
-    settings_path = os.path.join(args.out_dir, f"{name}.json")
-    with open(settings_path, "w", encoding="utf-8") as f:
-        json.dump(
-            {"model": args.model, "tasks": tasks, "samples": args.samples, "dim": args.dim,
-             "correlation": args.correlation, "seed": args.seed, "train_fraction": 0.8,
-             "test_metrics": {k: float(v) for k, v in results.items()}},
-            f, indent=1,
-        )
-    say(f"saved data settings (for keras-mmoe evaluate): {settings_path}")
-    version_dir = export_for_serving(model, base_dir, version=args.version)
+    version_dir = export_for_serving(model, base_dir, version=args.version, overwrite=args.overwrite)
     say(f"exported SavedModel for TF Serving: {version_dir}")
+    settings_path = os.path.join(args.out_dir, f"{name}.json")
+    params = data.params
+    settings = {
+        "written_by": "keras-mmoe train",
+        "model": args.model,
+        "keras_flavor": flavor,
+        "tasks": tasks,
+        "data": {"source": "synthetic", "samples": args.samples, "dim": args.dim,
+                 "correlation": args.correlation, "scale": params["scale"],
+                 "num_sine_terms": params["num_sine_terms"], "noise_stddev": params["noise_stddev"],
+                 "task_names": list(data.task_names), "seed": args.seed,
+                 "train_fraction": TRAIN_FRACTION, "split_seed": args.seed},
+        "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "config")},
+        "test_rows": len(test.x),
+        "test_metrics": {k: float(v) for k, v in results.items()},
+        "keras_model": os.path.abspath(keras_path),
+        "export": os.path.abspath(version_dir),
+    }
+    with open(settings_path, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=1)
+    say(f"saved data settings (for keras-mmoe evaluate): {settings_path}")
     print(version_dir)
     return 0
