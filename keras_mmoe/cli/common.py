@@ -1,77 +1,112 @@
-"""Shared pieces of the command line: user errors, progress messages, the TensorFlow import,
-config files, and loading saved Keras models.
+"""Shared pieces of the command line: user errors, progress lines, the parser and its argument
+types, TensorFlow's import, and config files.
 
-Subcommand modules import TensorFlow lazily (through :func:`import_tensorflow`, inside their
-``run`` function, after their cheap checks) so that ``keras-mmoe --help`` and most user mistakes
-answer at once, without TensorFlow's 5-8 s start-up.
+Command modules import nothing heavy at module level: TensorFlow comes in through
+:func:`import_tensorflow`, after a command's cheap checks, so that ``keras-mmoe --help`` and most
+user mistakes answer without TensorFlow's start-up.
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 import os
 import sys
+from typing import Callable
+
+from keras_mmoe import _validation
 
 
 class CLIError(Exception):
-    """A user mistake (missing file, bad flag value, unknown task): one line, exit code 2."""
+    """A user mistake, printed as one line ``keras-mmoe <command>: error: <message>`` with exit code 2."""
 
 
-def say(message):
-    """Prints one progress line of what the command is doing (stderr, flushed)."""
+def say(message: str) -> None:
+    """A progress line on stderr (stdout stays for results)."""
     print(f"[keras-mmoe] {message}", file=sys.stderr, flush=True)
 
 
-def import_tensorflow(announce=True):
-    """Imports TensorFlow, Keras and every keras_mmoe layer (registered for ``load_model``).
+# --- the parser ------------------------------------------------------------------------------
 
-    In the ``keras-mmoe`` console script the package defers these imports (so that ``--help`` is
-    instant) and they run here, with TensorFlow's C++ start-up lines hidden. Returns the Keras
-    flavour (``"keras3"`` or ``"tf_keras"``, see :mod:`keras_mmoe._keras`)."""
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose mistakes are one line: ``<prog>: error: <message>`` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and appends ``(default: X)`` to every option that has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS)
+                or "default:" in text or "%(default)" in text):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {default})".replace("%", "%%")
+
+
+def add_command(subparsers, name: str, *, help: str, description: str | None) -> argparse.ArgumentParser:
+    """A sub-command parser with the package's formatter (defaults shown) and one-line errors."""
+    return subparsers.add_parser(name, help=help, description=description, formatter_class=HelpFormatter)
+
+
+# --- argument types (argparse ``type=``), built on keras_mmoe._validation ----------------------
+
+
+def _argument_type(check: Callable, parse: Callable, expected: str, name: str) -> Callable[[str], object]:
+    def convert(text):
+        try:
+            value = parse(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
+        try:
+            return check("value", value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, received {text}") from None
+
+    convert.__name__ = name
+    return convert
+
+
+#: ``>= 1`` integers: epochs, runs, batch sizes, units.
+positive_int = _argument_type(_validation.check_positive_int, int, "a positive integer", "positive_int")
+#: ``>= 0`` integers: seeds.
+seed = _argument_type(_validation.check_seed, int, "a non-negative integer", "seed")
+#: floats in ``[0, 1)``: dropout rates.
+rate = _argument_type(_validation.check_rate, float, "a float in [0, 1)", "rate")
+#: floats ``> 0``: learning rates.
+positive_float = _argument_type(_validation.check_positive_float, float, "a float > 0", "positive_float")
+#: floats in ``[-1, 1]``: task correlations.
+correlation = _argument_type(_validation.check_correlation, float, "a float in [-1, 1]", "correlation")
+
+
+# --- TensorFlow ------------------------------------------------------------------------------
+
+
+def import_tensorflow(announce: bool = True) -> str:
+    """Imports TensorFlow (its known start-up lines filtered), Keras and every keras_mmoe layer;
+    returns the Keras flavour (``"keras3"`` or ``"tf_keras"``). With ``announce``, says which
+    TensorFlow, Keras and devices the command runs on."""
     import keras_mmoe
 
-    first = "tensorflow" not in sys.modules
-    if announce and first:
+    if announce and "tensorflow" not in sys.modules:
         say("importing TensorFlow")
     keras_mmoe._load()
     flavor = keras_mmoe.KERAS_FLAVOR
     if announce:
         import tensorflow as tf
 
-        say(f"TensorFlow {tf.__version__}, Keras flavour: {flavor}")
+        devices = sorted({d.device_type for d in tf.config.list_physical_devices()})
+        say(f"TensorFlow {tf.__version__}, Keras flavour {flavor}, devices: {', '.join(devices)}")
     return flavor
 
 
-def is_keras_saved_model_dir(path):
-    """True for a directory written by tf-keras ``model.save(dir)`` (``keras_metadata.pb``)."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "keras_metadata.pb"))
-
-
-def load_keras_model(path):
-    """Loads a saved Keras model with every keras_mmoe layer registered (no custom_objects needed).
-
-    ``path``: a ``.keras`` file; under tf-keras also an ``.h5`` file or a ``model.save(dir)``
-    SavedModel directory. A missing or unreadable model is a :class:`CLIError`."""
-    if not (os.path.isfile(path) or is_keras_saved_model_dir(path)):
-        raise CLIError(f"model file not found: {path}")
-    import_tensorflow(announce=False)
-    from keras_mmoe._keras import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as error:  # the loader raises many types; report it as one line
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
-        raise CLIError(f"cannot load {path} as a Keras model: {first_line}") from error
-
-
-def check_positive(args, *names):
-    """CLIError unless each ``args.<name>`` (when not None) is >= 1; names the flag and the value."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, received {value}")
-
-
-def check_version_free(base_dir, version, overwrite=False):
+def check_version_free(base_dir: str, version: int | None, overwrite: bool = False) -> None:
     """CLIError when ``base_dir/<version>`` already exists and ``overwrite`` is off (os only: checked
     before TensorFlow is imported and before any slow work)."""
     if version is None or overwrite or not os.path.isdir(base_dir):
@@ -85,7 +120,7 @@ def check_version_free(base_dir, version, overwrite=False):
 # --- config files ----------------------------------------------------------------------------
 
 
-def add_config_argument(parser):
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
     """Adds ``--config FILE`` to a command parser (once; calling it again does nothing).
 
     :func:`keras_mmoe.cli.main.main` adds it to every command that has no sub-commands; the
@@ -100,10 +135,8 @@ def add_config_argument(parser):
     )
 
 
-def load_config_file(path):
+def load_config_file(path: str) -> dict:
     """``{key: value}`` from a JSON or (``.toml``, Python >= 3.11) TOML file, or a one-line CLIError."""
-    import json
-
     if not os.path.isfile(path):
         raise CLIError(f"config file not found: {path}")
     try:
@@ -117,9 +150,7 @@ def load_config_file(path):
         else:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-    except CLIError:
-        raise
-    except Exception as error:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError, OSError
+    except (ValueError, OSError) as error:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
         message = " ".join(str(error).split())
         raise CLIError(f"cannot parse config file {path}: {message}") from None
     if not isinstance(data, dict):
@@ -127,7 +158,7 @@ def load_config_file(path):
     return data
 
 
-def find_config_path(parser, argv):
+def find_config_path(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """The ``--config`` value in ``argv`` (the tokens after the command name), or None.
 
     Accepts ``--config FILE``, ``--config=FILE`` and the unambiguous prefixes argparse accepts
@@ -163,7 +194,7 @@ def _settable_actions(parser):
     return names
 
 
-def apply_config_file(parser, path):
+def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
     """Makes the settings of the config file at ``path`` the defaults of ``parser``.
 
     Keys are the parser's long flag names (``learning-rate`` or ``learning_rate``; also the

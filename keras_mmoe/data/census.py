@@ -42,6 +42,8 @@ took 3.2-6 s and the whole :func:`load_census_income` 6-11 s on a 2-core machine
 other jobs.
 """
 
+from __future__ import annotations
+
 import gzip
 import io
 import itertools
@@ -52,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from keras_mmoe._validation import check_positive_int, check_seed
 from keras_mmoe.data._download import CorruptFileError, download_verified, read_gzip_verified
 from keras_mmoe.features.naming import sanitize_feature_names
 
@@ -305,7 +308,7 @@ def read_census_columns(data_dir=None, *, max_rows=None, download=True, base_url
         float32 for the continuous columns and the instance weight, Python ``str`` objects for
         the rest (stripped of surrounding spaces; the label keeps its final period).
     """
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2):
+    if max_rows is not None and check_positive_int("max_rows", max_rows) < 2:
         raise ValueError(f"`max_rows` must be None or an integer >= 2, received: max_rows={max_rows!r}")
     data_dir = census_data_dir(data_dir)
     out = {}
@@ -356,7 +359,7 @@ def validation_test_split(num_rows, seed=0):
     The rows are permuted with ``np.random.default_rng(seed)``; validation takes the first half
     (rounded down), test the rest: 49,881 and 49,881 of the 99,762 test rows.
     """
-    _check_positive("num_rows", num_rows)
+    check_positive_int("num_rows", num_rows)
     order = np.random.default_rng(seed).permutation(num_rows)
     half = num_rows // 2
     return np.sort(order[:half]), np.sort(order[half:])
@@ -391,6 +394,7 @@ class CensusData:
         instance_weights: ``{split: float32 np.ndarray (rows,)}``, the UCI weights (never an input).
         num_rows: ``{split: rows}``.
         label_correlation: Pearson correlation of the two labels on the training split.
+        batch_size, seed, max_rows: the loader's arguments (``seed`` split validation from test).
         train, validation, test: batched ``tf.data.Dataset`` of ``(features, labels)``; each
             feature and label has shape ``(batch, 1)``; train is shuffled (reshuffled each epoch).
     """
@@ -407,6 +411,7 @@ class CensusData:
     label_correlation: float
     batch_size: int
     seed: int
+    max_rows: int | None = None
     train: object = field(default=None, repr=False)
     validation: object = field(default=None, repr=False)
     test: object = field(default=None, repr=False)
@@ -433,7 +438,7 @@ class CensusData:
         if split not in self.features:
             raise ValueError(f"`split` must be one of {sorted(self.features)}, received: split={split!r}")
         batch_size = self.batch_size if batch_size is None else batch_size
-        _check_positive("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         shuffle = (split == "train") if shuffle is None else shuffle
         # Shuffle and batch row indices, then gather whole batches: one vectorized gather per
         # column and batch instead of per-row slicing of 40 components (one pass over the full
@@ -453,11 +458,6 @@ class CensusData:
             return tf.nest.map_structure(take, features), tf.nest.map_structure(take, labels)
 
         return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
 
 
 def load_census_income(
@@ -496,9 +496,10 @@ def load_census_income(
     At full size: train 199,523 rows, validation 49,881, test 49,881.
     """
     tasks = _check_group(group)
-    _check_positive("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an integer, received: seed={seed!r}")
+    check_positive_int("batch_size", batch_size)
+    if seed is None:
+        raise ValueError("`seed` must be a non-negative integer (it fixes the validation/test split), received: seed=None")
+    check_seed("seed", seed)
     raw = read_census_columns(data_dir, max_rows=max_rows, download=download, base_url=base_url, verify=verify)
 
     validation_index, test_index = validation_test_split(len(raw["test"][LABEL_COLUMN]), seed)
@@ -525,6 +526,7 @@ def load_census_income(
         label_correlation=label_correlation(labels["train"]),
         batch_size=batch_size,
         seed=seed,
+        max_rows=max_rows,
     )
     data.train = data.dataset("train")
     data.validation = data.dataset("validation")

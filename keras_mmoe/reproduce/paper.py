@@ -1,6 +1,6 @@
 """The MMoE paper's published numbers (Ma et al., KDD 2018), as data for the reproduce tables.
 
-Census-income, Table 2 / Table 3 of the paper as transcribed in ``shared/docs/paper-facts.md``:
+Census-income, Tables 2 and 3 of the paper:
 per method, the main task's AUC (best run and mean over runs) and the auxiliary task's
 (marital status) AUC. Group 1: income + never married; group 2: education + never married.
 """
@@ -40,16 +40,3 @@ METHOD_NAMES = {
 
 #: This project's targets (issue 4): census MMoE mean test AUC per group and task.
 CENSUS_TARGETS = {1: {"income": 0.940, "marital": 0.992}, 2: {"education": 0.883}}
-
-#: Section 5 of the paper (synthetic study): the setup, for the record.
-SYNTHETIC_SETUP = {
-    "dim": 100,
-    "num_experts": 8,
-    "expert_units": 16,
-    "tower_units": 8,
-    "shared_bottom_units": 113,
-    "params": 13056,
-    "learning_rates": (1e-4, 1e-3, 1e-2),
-    "runs": 200,
-    "correlations": (0.5, 0.9, 1.0),
-}

@@ -1,15 +1,23 @@
 """Shared pieces of the reproduce studies: statistics over runs, Markdown tables, JSON records."""
 
+from __future__ import annotations
+
 import json
 import os
 import platform
-import shlex
-import sys
+from typing import Callable, Iterable
 
 import numpy as np
 
+#: A study's progress callback: called with one line of text per step.
+Progress = Callable[[str], None]
 
-def aggregate(values):
+
+def silent(message: str) -> None:
+    """The default progress callback: says nothing."""
+
+
+def aggregate(values: Iterable[float]) -> dict:
     """``{"mean", "std", "best", "worst", "median", "n"}`` of a list of numbers (std: sample, ddof=1).
 
     ``best`` is the maximum (for AUC); ``worst`` the minimum.
@@ -27,21 +35,22 @@ def aggregate(values):
     }
 
 
-def markdown_table(header, rows):
+def markdown_table(header: list, rows: list) -> str:
     """A Markdown table from a header list and rows of already formatted cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def command_line(default):
-    """The command that is running, for the record (``default`` when not run as ``keras-mmoe``)."""
-    if sys.argv and os.path.basename(sys.argv[0]) == "keras-mmoe":
-        return "keras-mmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return default
+def setup_text(record: dict) -> str:
+    """The lines under a study's table: its settings, total time and, when recorded, the command."""
+    text = f"Setup: {record['settings']}. Total time {record['seconds']:.0f} s."
+    if record.get("command"):
+        text += f"\nCommand: `{record['command']}`"
+    return text
 
 
-def environment():
+def environment() -> dict:
     """Versions and machine facts stored with every result."""
     import tensorflow as tf
 
@@ -56,14 +65,14 @@ def environment():
     }
 
 
-def write_json(path, record):
+def write_json(path: str, record: dict) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     return path
 
 
-def write_text(path, text):
+def write_text(path: str, text: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
