@@ -55,8 +55,15 @@ def model_format(path: str | os.PathLike) -> str:
     if suffix == ".keras":
         if not zipfile.is_zipfile(path):
             raise ValueError(f"{path} is not a valid Keras file: a .keras file is a zip archive, this file is not one")
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                damaged = archive.testzip()  # the CRC of every member
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise ValueError(f"{path} is not a valid Keras file: the zip archive is damaged ({error})") from None
+        if damaged is not None:
+            raise ValueError(f"{path} is not a valid Keras file: the zip archive is damaged ({damaged} fails its "
+                             "CRC check)")
         if "config.json" not in names:
             raise ValueError(f"{path} is not a valid Keras file: the zip archive holds no config.json")
         return "keras"

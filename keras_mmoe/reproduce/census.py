@@ -89,6 +89,8 @@ def train_run(data, name: str, seed: int, *, epochs: int = 10, patience: int = 2
         "best_epoch": int(max(range(len(val)), key=val.__getitem__)) + 1,
         "validation_auc": {data.main_task: float(max(val))},
         "test_auc": {task: float(results[f"{task}_auc"]) for task in data.task_names},
+        "test_loss": {task: float(results[f"{task}_loss"]) for task in data.task_names},
+        "test_rows": int(data.num_rows["test"]),
         "seconds": round(time.perf_counter() - start, 1),
     }
     return model, record
