@@ -97,6 +97,7 @@ def test_quick_census_run_writes_tables_and_an_export_that_serves_raw_features(t
     # a portable command: what changes the results, no path of this machine
     assert record["command"] == "keras-mmoe reproduce census --group 2 --models mmoe shared_bottom --data-seed 3 --quick"
     assert record["settings"]["data_seed"] == 3 and record["settings"]["max_rows"] == 3000
+    assert record["export_version"] == 1 and "export" not in record
     assert record["task_names"] == ["education", "marital"]
     assert [r["model"] for r in record["runs"]] == ["mmoe", "shared_bottom"]
     for run in record["runs"]:

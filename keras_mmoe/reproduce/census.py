@@ -238,9 +238,12 @@ def study(
 
 
 def write_outputs(record: dict, out_dir: str) -> dict:
-    """Writes ``census_group<G>.md`` (the table) and ``.json`` (the record) into ``out_dir``;
-    returns ``{"markdown": path, "json": path}``."""
+    """Writes ``census_group<G>.md`` (the table) and ``.json`` (the record; the export as its version
+    number, not a path of this machine) into ``out_dir``; returns ``{"markdown": path, "json": path}``."""
     group = record["settings"]["group"]
     base = os.path.join(out_dir, f"census_group{group}")
     text = to_markdown(record["summary"], record["task_names"], group, report.setup_text(record))
-    return {"markdown": report.write_text(base + ".md", text), "json": report.write_json(base + ".json", record)}
+    portable = {k: v for k, v in record.items() if k != "export"}
+    if record.get("export"):
+        portable["export_version"] = int(os.path.basename(record["export"]))
+    return {"markdown": report.write_text(base + ".md", text), "json": report.write_json(base + ".json", portable)}

@@ -54,9 +54,10 @@ def environment() -> dict:
     """Versions and machine facts stored with every result."""
     import tensorflow as tf
 
-    from keras_mmoe import KERAS_FLAVOR
+    from keras_mmoe import KERAS_FLAVOR, __version__
 
     return {
+        "keras_mmoe": __version__,
         "tensorflow": tf.__version__,
         "keras": KERAS_FLAVOR,
         "python": platform.python_version(),
