@@ -202,7 +202,7 @@ TASK_GROUPS = {1: ("income", "marital"), 2: ("education", "marital")}
 # Files
 
 
-def census_data_dir(data_dir=None):
+def census_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     """The data directory: ``data_dir``, else ``$KERAS_MMOE_DATA_DIR``, else ``~/.keras_mmoe/data``."""
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
@@ -289,7 +289,8 @@ def _parse(text, path):
     return columns
 
 
-def read_census_columns(data_dir=None, *, max_rows=None, download=True, base_url=UCI_BASE_URL, verify=True):
+def read_census_columns(data_dir: str | os.PathLike | None = None, *, max_rows: int | None = None,
+                        download: bool = True, base_url: str = UCI_BASE_URL, verify: bool = True) -> dict:
     """Reads the two UCI files into raw columns (all 42, labels not yet derived).
 
     Args:
@@ -323,7 +324,7 @@ def read_census_columns(data_dir=None, *, max_rows=None, download=True, base_url
 # Labels
 
 
-def census_labels(columns, group):
+def census_labels(columns: dict, group: int) -> dict:
     """Labels of task group ``group`` from raw columns: ``{task name: float32 (rows, 1)}`` of 0/1.
 
     - ``income``: 1 where the income label is ``50000+.`` (income above 50K);
@@ -346,14 +347,14 @@ def census_labels(columns, group):
     return {task: labels[task][:, None] for task in tasks}
 
 
-def label_correlation(labels):
+def label_correlation(labels: dict) -> float:
     """Pearson correlation of the two labels of a ``{task: (rows, 1)}`` dict (NaN if one is constant)."""
     a, b = (np.ravel(v).astype(np.float64) for v in labels.values())
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.corrcoef(a, b)[0, 1])
 
 
-def validation_test_split(num_rows, seed=0):
+def validation_test_split(num_rows: int, seed: int = 0) -> tuple:
     """The paper's random 1:1 split of the test file: ``(validation rows, test rows)`` index arrays.
 
     The rows are permuted with ``np.random.default_rng(seed)``; validation takes the first half
@@ -417,15 +418,16 @@ class CensusData:
     test: object = field(default=None, repr=False)
 
     @property
-    def main_task(self):
+    def main_task(self) -> str:
         return self.task_names[0]
 
     @property
-    def feature_names(self):
+    def feature_names(self) -> tuple:
         """All input keys: the continuous ones, then the nominal ones."""
         return tuple(self.continuous_features) + tuple(self.nominal_features)
 
-    def dataset(self, split, batch_size=None, shuffle=None, seed=None, repeat=False):
+    def dataset(self, split: str, batch_size: int | None = None, shuffle: bool | None = None, seed: int | None = None,
+                repeat: bool = False) -> tf.data.Dataset:
         """A new batched ``tf.data.Dataset`` of ``(features, labels)`` for ``split``.
 
         Args:
@@ -461,16 +463,16 @@ class CensusData:
 
 
 def load_census_income(
-    data_dir=None,
-    group=1,
+    data_dir: str | os.PathLike | None = None,
+    group: int = 1,
     *,
-    batch_size=1024,
-    seed=0,
-    max_rows=None,
-    download=True,
-    base_url=UCI_BASE_URL,
-    verify=True,
-):
+    batch_size: int = 1024,
+    seed: int = 0,
+    max_rows: int | None = None,
+    download: bool = True,
+    base_url: str = UCI_BASE_URL,
+    verify: bool = True,
+) -> CensusData:
     """Loads census-income as in the MMoE paper; returns :class:`CensusData`.
 
     Args:
