@@ -98,9 +98,19 @@ def load_keras_model(path: str | os.PathLike, *, compile: bool = False):
         raise ValueError(f"cannot load {path} as a Keras model: {text}") from error
 
 
-def _temporary_sibling(path: str, suffix: str = "") -> str:
+def _write_atomically(path: str, write, suffix: str = "") -> str:
+    """Calls ``write(temporary)`` on a hidden sibling of ``path`` and renames it to ``path``: the file
+    is complete or absent, never half-written. ``suffix`` ends the temporary name (Keras needs .keras)."""
     directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.tmp-{secrets.token_hex(4)}{suffix}")
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(4)}{suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
 
 
 def save_keras_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> str:
@@ -112,31 +122,22 @@ def save_keras_model(model, path: str | os.PathLike, *, overwrite: bool = False)
         raise ValueError(f"`path` must end with .keras, received: path={path!r}")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = _temporary_sibling(path, ".keras")
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return _write_atomically(path, model.save, ".keras")
+
+
+def write_text(path: str | os.PathLike, text: str) -> str:
+    """Writes ``text`` (UTF-8) to ``path`` atomically (complete or absent); returns ``path``."""
+
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return _write_atomically(os.fspath(path), write)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> str:
-    """Writes ``data`` as indented JSON to ``path`` through a renamed temporary file (never half-written)."""
-    path = os.fspath(path)
-    text = json.dumps(data, indent=1, allow_nan=True) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = _temporary_sibling(path)
-    try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    """Writes ``data`` as indented JSON to ``path`` atomically (complete or absent); returns ``path``."""
+    return write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def record_path(keras_path: str | os.PathLike) -> str:

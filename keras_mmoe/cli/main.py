@@ -12,7 +12,9 @@ This module adds, once for all of them:
 * one-line errors: a user mistake (:data:`USER_ERRORS`) prints
   ``keras-mmoe <command>: error: <message>`` on stderr and exits with code 2, as argparse's own
   errors do; ``KERAS_MMOE_TRACEBACK=1`` shows the traceback instead;
-* ``keras-mmoe`` with no command prints the help and exits 2.
+* ``keras-mmoe`` with no command prints the help and exits 2;
+* TensorFlow's C++ INFO and WARNING lines off (``TF_CPP_MIN_LOG_LEVEL=2`` unless set; errors still
+  show), on top of the start-up filter of :mod:`keras_mmoe._startup`.
 
 ``main(argv)`` returns the exit code, so tests call it in-process. Nothing here imports
 TensorFlow: commands do, after their cheap checks.
@@ -85,6 +87,7 @@ def find_command(parser: argparse.ArgumentParser, argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ``keras-mmoe`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     names, command_parser, rest = find_command(parser, argv)

@@ -58,22 +58,11 @@ def add_census_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_census(args: argparse.Namespace) -> int:
-    from keras_mmoe.reproduce import census
-
     if args.max_rows is not None and args.max_rows < 10:
         raise CLIError(f"--max-rows must be at least 10, received {args.max_rows}")
-    import_tensorflow()
-    settings = dict(runs=args.runs, epochs=args.epochs, max_rows=args.max_rows)
-    if args.quick:
-        settings.update(census.QUICK)
-    record = census.study(group=args.group, models=args.models, patience=args.patience,
-                          learning_rate=args.learning_rate, seed=args.seed, data_seed=args.data_seed,
-                          data_dir=args.data_dir, export_dir=args.export_dir, progress=say, **settings)
-    record["command"] = portable_command(args)
-    paths = census.write_outputs(record, args.out_dir)
-    print(open(paths["markdown"], encoding="utf-8").read())
-    _say_written(paths)
-    return 0
+    return _run_study(args, dict(runs=args.runs, epochs=args.epochs, max_rows=args.max_rows),
+                      group=args.group, models=args.models, patience=args.patience, learning_rate=args.learning_rate,
+                      seed=args.seed, data_seed=args.data_seed, data_dir=args.data_dir, export_dir=args.export_dir)
 
 
 # --- synthetic -------------------------------------------------------------------------------
@@ -96,19 +85,9 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    from keras_mmoe.reproduce import synthetic
-
-    import_tensorflow()
-    settings = dict(runs=args.runs, samples=args.samples, epochs=args.epochs)
-    if args.quick:
-        settings.update(synthetic.QUICK)
-    record = synthetic.study(models=args.models, correlations=args.correlations, learning_rate=args.learning_rate,
-                             seed=args.seed, progress=say, **settings)
-    record["command"] = portable_command(args)
-    paths = synthetic.write_outputs(record, args.out_dir)
-    print(open(paths["markdown"], encoding="utf-8").read())
-    _say_written(paths)
-    return 0
+    return _run_study(args, dict(runs=args.runs, samples=args.samples, epochs=args.epochs),
+                      models=args.models, correlations=args.correlations, learning_rate=args.learning_rate,
+                      seed=args.seed)
 
 
 # --- polarization ----------------------------------------------------------------------------
@@ -142,19 +121,8 @@ def add_polarization_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_polarization(args: argparse.Namespace) -> int:
-    from keras_mmoe.reproduce import polarization
-
-    import_tensorflow()
-    settings = dict(seeds=args.seeds, samples=args.samples, epochs=args.epochs)
-    if args.quick:
-        settings.update(polarization.QUICK)
-    record = polarization.study(settings=args.settings, rates=args.rates, correlation=args.correlation,
-                                progress=say, **settings)
-    record["command"] = portable_command(args)
-    paths = polarization.write_outputs(record, args.out_dir)
-    print(polarization.to_markdown(record["summary"]))
-    _say_written(paths)
-    return 0
+    return _run_study(args, dict(seeds=args.seeds, samples=args.samples, epochs=args.epochs),
+                      settings=args.settings, rates=args.rates, correlation=args.correlation)
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -203,9 +171,22 @@ def portable_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _say_written(paths: dict) -> None:
+def _run_study(args: argparse.Namespace, sized: dict, **settings) -> int:
+    """Runs study ``args.study`` with ``settings`` and the ``sized`` ones (replaced by the study's
+    ``QUICK`` sizes under ``--quick``), records the portable command, writes the outputs and prints
+    the table."""
+    module = importlib.import_module(f"keras_mmoe.reproduce.{args.study}")
+    import_tensorflow()
+    if args.quick:
+        sized = dict(sized, **module.QUICK)
+    record = module.study(progress=say, **settings, **sized)
+    record["command"] = portable_command(args)
+    paths = module.write_outputs(record, args.out_dir)
+    with open(paths["markdown"], encoding="utf-8") as f:
+        print(f.read())
     for path in paths.values():
         say(f"wrote {path}")
+    return 0
 
 
 def _no_study(parser: argparse.ArgumentParser) -> int:

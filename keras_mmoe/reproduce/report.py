@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from typing import Callable, Iterable
 
 import numpy as np
+
+from keras_mmoe.saving import write_json, write_text  # noqa: F401  (the studies' writers: atomic)
 
 #: A study's progress callback: called with one line of text per step.
 Progress = Callable[[str], None]
@@ -64,17 +65,3 @@ def environment() -> dict:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-
-
-def write_json(path: str, record: dict) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-    return path
-
-
-def write_text(path: str, text: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
