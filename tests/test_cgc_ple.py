@@ -7,6 +7,8 @@ import tensorflow as tf
 import keras_mmoe
 from keras_mmoe import CGCLayer, MMoELayer, PLELayer
 from keras_mmoe._keras import IS_KERAS_3, keras
+from keras_mmoe.models import BUILDERS, build_cgc, build_ple
+from keras_mmoe.models.baselines import count_params_formula
 from test_layers import _assert_config_has, _normalize, np_experts, np_gate
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -559,3 +561,94 @@ def test_public_api():
     assert keras_mmoe.CGCLayer is CGCLayer and keras_mmoe.PLELayer is PLELayer
     assert keras_mmoe.layers.CGCLayer is CGCLayer and keras_mmoe.layers.PLELayer is PLELayer
     assert {"CGCLayer", "PLELayer"} <= set(keras_mmoe.__all__)
+
+
+# --------------------------------------------------------------------------- builders
+
+TASKS = {"click": "binary", "watch": "regression"}
+SMALL = dict(num_shared_experts=2, num_task_experts=1, expert_units=4, tower_units=(4,))
+
+
+@pytest.mark.parametrize("kind", ["cgc", "ple"])
+def test_builders_give_dict_outputs_by_task_and_the_towers_gate_weights(kind, rng):
+    inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((2,), name="b")}
+    model = BUILDERS[kind](inputs, TASKS, return_gate_weights=True, seed=1, **SMALL)
+    x = {"a": rng.normal(size=(10, 3)).astype("float32"), "b": rng.normal(size=(10, 2)).astype("float32")}
+    out = model(x)
+    assert sorted(out) == ["click", "gate_weights", "watch"]
+    assert ((out["click"].numpy() > 0) & (out["click"].numpy() < 1)).all() and out["watch"].shape == (10, 1)
+    layer = model.get_layer(kind)
+    assert isinstance(layer, CGCLayer if kind == "cgc" else PLELayer) and layer.task_names == list(TASKS)
+    # `gate_weights` is (batch, tasks, own + shared experts): the task gates that feed the towers.
+    features = np.concatenate([x["a"], x["b"]], axis=1)
+    weights = layer.gate_weights(tf.constant(features))
+    last = "tasks" if kind == "cgc" else f"level_{layer.num_levels - 1}_tasks"
+    assert out["gate_weights"].shape == (10, 2, 3) and out["gate_weights"].dtype == tf.float32
+    np.testing.assert_allclose(out["gate_weights"].numpy(), weights[last].numpy(), rtol=1e-5, atol=1e-6)
+    assert "gate_weights" not in BUILDERS[kind](inputs, TASKS, **SMALL).output
+
+
+def test_ple_builder_levels_and_gate_features(rng):
+    features = keras.Input((6,), name="features")
+    context = keras.Input((2,), name="context")
+    model = build_ple({"features": features, "context": context}, TASKS, features=features, gate_features=context,
+                      num_levels=3, gate_use_bias=False, **SMALL)
+    layer = model.get_layer("ple")
+    assert layer.num_levels == 3 and len(layer.levels) == 3
+    assert all(g.logits_layer.kernel.shape[0] == 2 and not g.logits_layer.use_bias
+               for level in layer.levels for g in level.gates)
+    # The parameter formula (used to match budgets) holds for other settings than the defaults.
+    assert build_cgc(6, TASKS, **SMALL).count_params() == count_params_formula("cgc", 6, 2, **SMALL)
+    sized = dict(SMALL, num_levels=3, gate_use_bias=False, expert_units=(5, 4))
+    assert build_ple(6, TASKS, **sized).count_params() == count_params_formula("ple", 6, 2, **sized)
+
+
+def _raw_feature_model(kind, seed=0):
+    """Raw features in (a float vector and a string looked up inside the model), task outputs out."""
+    keras.utils.set_random_seed(seed)
+    numeric = keras.Input((3,), name="numeric")
+    city = keras.Input((1,), dtype="string", name="city")
+    city_vec = keras.layers.StringLookup(vocabulary=["paris", "lima", "oslo"], output_mode="one_hot",
+                                         name="city_lookup")(city)
+    encoded = keras.layers.Concatenate(name="encoded")([numeric, city_vec])
+    return BUILDERS[kind]({"numeric": numeric, "city": city}, TASKS, features=encoded, expert_dropout_rate=0.5,
+                          tower_dropout=0.5, seed=seed, **SMALL)
+
+
+def _raw_batch(n, seed):
+    r = np.random.default_rng(seed)
+    cities = np.array([b"paris", b"lima", b"oslo", b"atlantis"], dtype=object)  # the last one unseen
+    return {"numeric": r.normal(size=(n, 3)).astype("float32"), "city": r.choice(cities, size=(n, 1))}
+
+
+def test_cgc_and_ple_export_for_serving_in_a_fresh_process(tmp_path):
+    from keras_mmoe.serving import export_for_serving, make_examples
+    from serving_models import predict, verify_in_subprocess
+
+    cases, expected = [], {}
+    batches = {"b1": _raw_batch(1, 1), "b300": _raw_batch(300, 2)}
+    for kind in ("cgc", "ple"):
+        model = _raw_feature_model(kind)
+        _perturb(model, np.random.default_rng(3))
+        path = export_for_serving(model, str(tmp_path / kind))
+        cases.append({"key": kind, "path": path,
+                      "batches": {b: {"raw": v, "examples": make_examples(v)} for b, v in batches.items()}})
+        expected[kind] = {b: predict(model, v) for b, v in batches.items()}
+        trained = predict(model, batches["b300"], training=True)
+        assert not np.allclose(trained["watch"], expected[kind]["b300"]["watch"], atol=1e-3)  # dropout is on in training
+    work = tmp_path / "verify"
+    work.mkdir()
+    results, messages = verify_in_subprocess(cases, str(work))
+    assert messages["keras_mmoe_imported"] is False
+    checked = 0
+    for kind in ("cgc", "ple"):
+        assert messages[f"{kind}/unregistered"] == []
+        for loader in ("tf2", "tf1"):
+            for signature in ("serving_default", "predict_examples"):
+                for batch, outputs in expected[kind].items():
+                    prefix = f"{kind}/{loader}/{signature}/{batch}/"
+                    assert sorted(k[len(prefix):] for k in results if k.startswith(prefix)) == sorted(TASKS)
+                    for name, value in outputs.items():
+                        np.testing.assert_allclose(results[prefix + name], value, atol=1e-5, rtol=0, err_msg=prefix)
+                        checked += 1
+    assert checked == 2 * 2 * 2 * 2 * 2  # models x loaders x signatures x batches x tasks
