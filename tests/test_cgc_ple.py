@@ -429,6 +429,9 @@ def test_tf_keras_legacy_savedmodel_format(tmp_path, rng):
 
 # --------------------------------------------------------------------------- usage situations
 
+# Keras 3 compiles train steps with XLA when it can ("auto"); tracing is cheaper without (short runs).
+NO_XLA = dict(jit_compile=False) if IS_KERAS_3 else {}
+
 
 def test_batch_size_one(rng):
     layer = PLELayer(2, 2, 2, 3, num_tasks=2, return_gate_weights=True, expert_dropout_rate=0.5, seed=0)
@@ -459,7 +462,7 @@ def test_fit_on_tf_data_pipeline_learns(rng):
     outs = PLELayer(2, 2, 2, 8, task_names=["a", "b"], expert_dropout_rate=0.1, seed=0)(inp)
     model = keras.Model({"features": inp}, {"a": keras.layers.Dense(1, "sigmoid", name="a")(outs[0]),
                                            "b": keras.layers.Dense(1, name="b")(outs[1])})
-    model.compile(keras.optimizers.Adam(0.01), {"a": "binary_crossentropy", "b": "mse"})
+    model.compile(keras.optimizers.Adam(0.01), {"a": "binary_crossentropy", "b": "mse"}, **NO_XLA)
     ds = tf.data.Dataset.from_tensor_slices(({"features": x}, y)).shuffle(2048, seed=0).batch(64)
     losses = model.fit(ds, epochs=3, verbose=0).history["loss"]
     assert losses[-1] < 0.5 * losses[0]
@@ -478,7 +481,7 @@ def test_inside_subclassed_model_tracks_every_weight(rng):
 
     model = Ranker()
     x = rng.normal(size=(32, 5)).astype("float32")
-    model.compile("adam", {"click": "binary_crossentropy", "like": "binary_crossentropy"})
+    model.compile("adam", {"click": "binary_crossentropy", "like": "binary_crossentropy"}, **NO_XLA)
     model.fit(x, {"click": np.ones((32, 1), "float32"), "like": np.zeros((32, 1), "float32")}, epochs=1, verbose=0)
     # Per level: 3 banks (kernel + bias), 2 task gates (kernel + bias); level 0 also a shared gate.
     assert len(model.ple.trainable_weights) == 2 * (3 * 2 + 2 * 2) + 2
