@@ -9,7 +9,7 @@ from keras_mmoe import CGCLayer, MMoELayer, PLELayer
 from keras_mmoe._keras import IS_KERAS_3, keras
 from keras_mmoe.models import BUILDERS, build_cgc, build_ple
 from keras_mmoe.models.baselines import count_params_formula
-from test_layers import _assert_config_has, _normalize, np_experts, np_gate
+from test_layers import _assert_config_has, _assert_same_predictions, _normalize, _sample_inputs, np_experts, np_gate
 
 # --------------------------------------------------------------------------- NumPy reference
 
@@ -389,17 +389,6 @@ def _perturb(model, rng):
             w.assign(np.asarray(w) + rng.normal(scale=0.1, size=w.shape).astype("float32"))
 
 
-def _sample_inputs(rng, n=9):
-    return {"features": rng.normal(size=(n, 6)).astype("float32"), "context": rng.normal(size=(n, 3)).astype("float32")}
-
-
-def _assert_same_predictions(a, b, inputs):
-    pa, pb = a.predict(inputs, verbose=0), b.predict(inputs, verbose=0)
-    assert sorted(pa) == sorted(pb)
-    for key in pa:
-        np.testing.assert_allclose(pa[key], pb[key], rtol=1e-6, atol=1e-7)
-
-
 @pytest.mark.parametrize("fmt", [".keras"] + ([] if IS_KERAS_3 else [".h5"]))
 def test_save_and_load_gives_identical_predictions_without_custom_objects(fmt, tmp_path, rng):
     model = _model_with_everything()
@@ -604,6 +593,8 @@ def test_ple_builder_levels_and_gate_features(rng):
     assert build_cgc(6, TASKS, **SMALL).count_params() == count_params_formula("cgc", 6, 2, **SMALL)
     sized = dict(SMALL, num_levels=3, gate_use_bias=False, expert_units=(5, 4))
     assert build_ple(6, TASKS, **sized).count_params() == count_params_formula("ple", 6, 2, **sized)
+    with pytest.raises(ValueError, match="build_cgc builds one level.*num_levels=2"):
+        build_cgc(6, TASKS, num_levels=2)
 
 
 def _raw_feature_model(kind, seed=0):

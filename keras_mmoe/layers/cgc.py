@@ -4,9 +4,10 @@ from typing import Any, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from keras_mmoe._keras import IS_KERAS_3, deserialize_layer, keras, register_serializable, serialize
+from keras_mmoe._keras import deserialize_layer, keras, register_serializable, serialize
 from keras_mmoe._validation import check_non_negative_int, resolve_task_names
 from keras_mmoe.layers import _utils
+from keras_mmoe.layers._gate_inputs import GateInputsMixin
 from keras_mmoe.layers.experts import ExpertBank
 from keras_mmoe.layers.gates import ExpertDropoutGate
 
@@ -61,7 +62,7 @@ def split_shape(layer, argument, shape, count):
 
 
 @register_serializable
-class CGCLayer(keras.layers.Layer):
+class CGCLayer(GateInputsMixin, keras.layers.Layer):
     """Customized Gate Control (CGC): task-specific experts, shared experts, one gate per task.
 
     One extraction level of Progressive Layered Extraction (Tang et al., RecSys 2020). Each
@@ -289,14 +290,6 @@ class CGCLayer(keras.layers.Layer):
 
     # ----------------------------------------------------------------------------------- build
 
-    def __call__(self, inputs, *args, **kwargs):
-        # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
-        # first, so note the gate input's shape for build() before the first call.
-        if not IS_KERAS_3 and not self.built:
-            gate_inputs = kwargs.get("gate_inputs", args[0] if args else None)
-            self._gate_inputs_shape = None if gate_inputs is None else gate_inputs.shape
-        return super().__call__(inputs, *args, **kwargs)
-
     def _input_shapes(self, inputs_shape):
         """(task input shapes, shared input shape), checked, from one shape or a list of T + 1."""
         shapes = split_shape(self, "inputs", inputs_shape, self.num_tasks + 1)
@@ -318,29 +311,14 @@ class CGCLayer(keras.layers.Layer):
             raise ValueError(
                 f"CGCLayer '{self.name}': task and shared experts must output the same width, received {widths}"
             )
-        if gate_inputs_shape is None:
-            gate_inputs_shape = getattr(self, "_gate_inputs_shape", None)
-        if gate_inputs_shape is not None:
-            gate_shape = _utils.check_rank2(self, "gate_inputs", gate_inputs_shape)
+        gate_shape = self.gate_inputs_shape(gate_inputs_shape)
+        if gate_shape is not None:
             gate_shapes = [gate_shape] * len(self.gates)
         else:
             gate_shapes = (task_shapes + [shared_shape])[: len(self.gates)]
         for gate, shape in zip(self.gates, gate_shapes):
             _utils.build_sublayer(gate, shape)
-        self._gate_inputs_shape = None if gate_inputs_shape is None else tuple(gate_shapes[0].as_list())
         self.built = True
-
-    def get_build_config(self):
-        # tf-keras rebuilds a loaded layer from the first input's shape only; keep the gates'.
-        config = super().get_build_config()
-        if config is not None and getattr(self, "_gate_inputs_shape", None) is not None:
-            config["gate_inputs_shape"] = list(self._gate_inputs_shape)
-        return config
-
-    def build_from_config(self, config):
-        if config.get("gate_inputs_shape") is not None:
-            self._gate_inputs_shape = tuple(config["gate_inputs_shape"])
-        super().build_from_config(config)
 
     # ------------------------------------------------------------------------------------ call
 
@@ -358,24 +336,11 @@ class CGCLayer(keras.layers.Layer):
         _utils.check_rank2(self, "inputs", inputs.shape)
         return [inputs] * self.num_tasks, inputs
 
-    def _check_gate_inputs(self, gate_inputs, reference):
-        _utils.check_rank2(self, "gate_inputs", gate_inputs.shape)
-        batch, gate_batch = reference.shape[0], gate_inputs.shape[0]
-        if batch is not None and gate_batch is not None and batch != gate_batch:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}': `gate_inputs` batch size {gate_batch} differs from "
-                f"`inputs` batch size {batch}"
-            )
-        tf.debugging.assert_equal(
-            tf.shape(gate_inputs)[0], tf.shape(reference)[0],
-            message=f"{type(self).__name__} '{self.name}': `gate_inputs` batch size differs from `inputs` batch size",
-        )
-
     def _forward(self, inputs, gate_inputs, training):
         """``(outputs, gate_weights)`` of the layer (see the class docstring)."""
         task_inputs, shared_input = self._split_inputs(inputs)
         if gate_inputs is not None:
-            self._check_gate_inputs(gate_inputs, shared_input)
+            self.check_gate_inputs(gate_inputs, shared_input)
             gate_reads = [gate_inputs] * len(self.gates)
         else:
             gate_reads = (task_inputs + [shared_input])[: len(self.gates)]

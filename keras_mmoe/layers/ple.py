@@ -4,9 +4,10 @@ from typing import Any, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from keras_mmoe._keras import IS_KERAS_3, deserialize_layer, keras, register_serializable, serialize
+from keras_mmoe._keras import deserialize_layer, keras, register_serializable, serialize
 from keras_mmoe._validation import resolve_task_names
 from keras_mmoe.layers import _utils
+from keras_mmoe.layers._gate_inputs import GateInputsMixin
 from keras_mmoe.layers.cgc import SHARED_GATE, TASK_GATES, CGCLayer, check_expert_layers, check_task_experts
 
 #: Seed distance between levels (each level's banks and gates use less than this).
@@ -19,7 +20,7 @@ def _copy_expert(layer):
 
 
 @register_serializable
-class PLELayer(keras.layers.Layer):
+class PLELayer(GateInputsMixin, keras.layers.Layer):
     """Progressive Layered Extraction (PLE): ``num_levels`` stacked :class:`CGCLayer` levels.
 
     Level 1 is a CGC on the input ``x``; level ``j > 1`` is a CGC whose task ``k`` reads
@@ -173,45 +174,23 @@ class PLELayer(keras.layers.Layer):
 
     # ----------------------------------------------------------------------------------- build
 
-    def __call__(self, inputs, *args, **kwargs):
-        # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
-        # first, so note the gate input's shape for build() before the first call.
-        if not IS_KERAS_3 and not self.built:
-            gate_inputs = kwargs.get("gate_inputs", args[0] if args else None)
-            self._gate_inputs_shape = None if gate_inputs is None else gate_inputs.shape
-        return super().__call__(inputs, *args, **kwargs)
-
     def build(self, inputs_shape, gate_inputs_shape=None):
         shape = _utils.check_rank2(self, "inputs", inputs_shape)
-        if gate_inputs_shape is None:
-            gate_inputs_shape = getattr(self, "_gate_inputs_shape", None)
-        if gate_inputs_shape is not None:
-            gate_inputs_shape = _utils.check_rank2(self, "gate_inputs", gate_inputs_shape)
+        gate_shape = self.gate_inputs_shape(gate_inputs_shape)
         level_shape = shape
         for level in self.levels:
             with tf.name_scope(level.name):
-                level.build(level_shape, gate_inputs_shape)
+                level.build(level_shape, gate_shape)
             # The next level reads T task inputs and the shared input, each (batch, u).
             level_shape = [tf.TensorShape([shape[0], level.output_units])] * (self.num_tasks + 1)
-        self._gate_inputs_shape = None if gate_inputs_shape is None else tuple(gate_inputs_shape.as_list())
         self.built = True
-
-    def get_build_config(self):
-        # tf-keras rebuilds a loaded layer from the first input's shape only; keep the gates'.
-        config = super().get_build_config()
-        if config is not None and getattr(self, "_gate_inputs_shape", None) is not None:
-            config["gate_inputs_shape"] = list(self._gate_inputs_shape)
-        return config
-
-    def build_from_config(self, config):
-        if config.get("gate_inputs_shape") is not None:
-            self._gate_inputs_shape = tuple(config["gate_inputs_shape"])
-        super().build_from_config(config)
 
     # ------------------------------------------------------------------------------------ call
 
     def _forward(self, inputs, gate_inputs, training):
         _utils.check_rank2(self, "inputs", inputs.shape)
+        if gate_inputs is not None:
+            self.check_gate_inputs(gate_inputs, inputs)
         x, gate_weights = inputs, {}
         for index, level in enumerate(self.levels):
             x, weights = level(x, gate_inputs=gate_inputs, training=training)

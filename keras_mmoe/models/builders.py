@@ -152,62 +152,7 @@ def build_omoe(inputs, tasks, **kwargs):
     return build_mmoe(inputs, tasks, shared_gate=True, **kwargs)
 
 
-def build_cgc(
-    inputs,
-    tasks,
-    *,
-    features=None,
-    gate_features=None,
-    num_shared_experts: int = 4,
-    num_task_experts: int = 2,
-    expert_units=16,
-    tower_units=(8,),
-    expert_dropout_rate: float = 0.0,
-    gate_temperature: float = 1.0,
-    gate_hidden_units=(),
-    gate_use_bias: bool = True,
-    expert_activation="relu",
-    tower_activation="relu",
-    tower_dropout: float = 0.0,
-    kernel_regularizer=None,
-    return_gate_weights: bool = False,
-    seed=None,
-    name: str = "cgc",
-):
-    """CGC (Tang et al., RecSys 2020): a :class:`keras_mmoe.CGCLayer` named ``cgc``, then one tower per task.
-
-    Task ``k``'s gate weighs its ``num_task_experts`` own experts and the ``num_shared_experts``
-    shared ones; the defaults (4 shared, 2 per task, 16 units) give two tasks the 8 experts of
-    :func:`build_mmoe`'s defaults.
-
-    Args:
-        inputs: int d, a keras.Input, or a dict of named keras.Input (the model's inputs).
-        tasks: ``{name: "binary" | "regression"}`` or a list of names (binary).
-        features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
-        gate_features: optional different input read by every gate.
-        return_gate_weights: add an output ``gate_weights`` (batch, tasks, num_task_experts +
-            num_shared_experts): each task gate's weights, own experts first.
-        Other arguments: see :class:`keras_mmoe.CGCLayer` and :func:`build_towers`.
-    """
-    inputs, tasks, features = _resolve(inputs, tasks, features)
-    layer = CGCLayer(
-        num_shared_experts=num_shared_experts,
-        num_task_experts=num_task_experts,
-        expert_units=expert_units,
-        task_names=list(tasks),
-        expert_activation=expert_activation,
-        expert_dropout_rate=expert_dropout_rate,
-        gate_temperature=gate_temperature,
-        gate_hidden_units=gate_hidden_units,
-        gate_use_bias=gate_use_bias,
-        kernel_regularizer=kernel_regularizer,
-        return_gate_weights=return_gate_weights,
-        seed=seed,
-        name="cgc",
-    )
-    towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
-                  dropout=tower_dropout)
-    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, TASK_GATES)
+_CGC = object()  # build_ple's num_levels when build_cgc calls it: one level, as a CGCLayer
 
 
 def build_ple(
@@ -233,19 +178,25 @@ def build_ple(
     seed=None,
     name: str = "ple",
 ):
-    """PLE (Tang et al., RecSys 2020): a :class:`keras_mmoe.PLELayer` named ``ple`` of ``num_levels`` CGC
-    levels, then one tower per task.
+    """PLE (Tang et al., RecSys 2020): a :class:`keras_mmoe.PLELayer` named ``ple``, then one tower per task.
+
+    Each of the ``num_levels`` CGC levels gives task ``k``'s gate its ``num_task_experts`` own
+    experts and the ``num_shared_experts`` shared ones; the defaults (4 shared, 2 per task, 16
+    units) give two tasks the 8 experts of :func:`build_mmoe`'s defaults at every level.
 
     Args:
-        num_levels: number of extraction levels (1 is CGC).
+        inputs: int d, a keras.Input, or a dict of named keras.Input (the model's inputs).
+        tasks: ``{name: "binary" | "regression"}`` or a list of names (binary).
+        features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
+        gate_features: optional different input read by every gate.
+        num_levels: number of extraction levels (``build_cgc`` is one level, as a CGCLayer).
         return_gate_weights: add an output ``gate_weights`` (batch, tasks, num_task_experts +
-            num_shared_experts): the last level's task gates, which feed the towers (every
-            level's gates: ``model.get_layer("ple").gate_weights(...)``).
-        Other arguments: as for :func:`build_cgc`.
+            num_shared_experts): the last level's task gates, which feed the towers, own experts
+            first (every gate of every level: ``model.get_layer("ple").gate_weights(...)``).
+        Other arguments: see :class:`keras_mmoe.PLELayer` and :func:`build_towers`.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
-    layer = PLELayer(
-        num_levels=num_levels,
+    layer_kwargs = dict(
         num_shared_experts=num_shared_experts,
         num_task_experts=num_task_experts,
         expert_units=expert_units,
@@ -258,12 +209,29 @@ def build_ple(
         kernel_regularizer=kernel_regularizer,
         return_gate_weights=return_gate_weights,
         seed=seed,
-        name="ple",
     )
+    if num_levels is _CGC:
+        layer, task_gates = CGCLayer(name="cgc", **layer_kwargs), TASK_GATES
+    else:
+        layer = PLELayer(num_levels=num_levels, name="ple", **layer_kwargs)
+        task_gates = f"level_{layer.num_levels - 1}_{TASK_GATES}"
     towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
                   dropout=tower_dropout)
-    last_task_gates = f"level_{layer.num_levels - 1}_{TASK_GATES}"
-    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, last_task_gates)
+    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, task_gates)
+
+
+def build_cgc(inputs, tasks, **kwargs):
+    """CGC (Tang et al., RecSys 2020): a :class:`keras_mmoe.CGCLayer` named ``cgc``, then one tower per task.
+
+    The arguments of :func:`build_ple` but ``num_levels``; ``gate_weights`` (with
+    ``return_gate_weights=True``) is the CGC's task gates.
+    """
+    if "num_levels" in kwargs:
+        raise ValueError(
+            f"build_cgc builds one level; use build_ple for `num_levels`, received: num_levels={kwargs['num_levels']!r}"
+        )
+    kwargs.setdefault("name", "cgc")
+    return build_ple(inputs, tasks, num_levels=_CGC, **kwargs)
 
 
 def build_shared_bottom(
