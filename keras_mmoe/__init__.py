@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 #: Subpackages and modules bound as attributes of the package.
 SUBMODULES = ("data", "diagnostics", "features", "metrics", "models", "saving", "serving", "weighting")
-_NAMES = ("ExpertBank", "ExpertDropoutGate", "MMoELayer", "IS_KERAS_3", "KERAS_FLAVOR") + SUBMODULES
+_LAYERS = ("CGCLayer", "ExpertBank", "ExpertDropoutGate", "MMoELayer", "PLELayer")
+_NAMES = _LAYERS + ("IS_KERAS_3", "KERAS_FLAVOR") + SUBMODULES
 _WITHOUT_TENSORFLOW = ("metrics", "saving")  # modules that import no TensorFlow at import time
 _loaded = False
 
@@ -29,12 +30,11 @@ def _load() -> None:
     _startup.import_tensorflow()
     import importlib
 
-    from keras_mmoe import _keras
-    from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer
+    from keras_mmoe import _keras, layers
 
     namespace = globals()
-    namespace.update(IS_KERAS_3=_keras.IS_KERAS_3, KERAS_FLAVOR=_keras.KERAS_FLAVOR, ExpertBank=ExpertBank,
-                     ExpertDropoutGate=ExpertDropoutGate, MMoELayer=MMoELayer)
+    namespace.update(IS_KERAS_3=_keras.IS_KERAS_3, KERAS_FLAVOR=_keras.KERAS_FLAVOR)
+    namespace.update({name: getattr(layers, name) for name in _LAYERS})
     for name in SUBMODULES:
         namespace[name] = importlib.import_module(f"keras_mmoe.{name}")
     _loaded = True
@@ -55,4 +55,5 @@ if _startup.running_command_line():
 else:
     _load()
 
-__all__ = ["ExpertBank", "ExpertDropoutGate", "MMoELayer", "IS_KERAS_3", "KERAS_FLAVOR", "__version__"]
+__all__ = ["ExpertBank", "ExpertDropoutGate", "MMoELayer", "CGCLayer", "PLELayer", "IS_KERAS_3", "KERAS_FLAVOR",
+           "__version__"]
