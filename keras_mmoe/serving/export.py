@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 
+from keras_mmoe import saving as _saving
 from keras_mmoe._keras import IS_KERAS_3
 from keras_mmoe.serving import warmup as _warmup
 from keras_mmoe.serving.signatures import DEFAULT_SIGNATURE, EXAMPLES_SIGNATURE, ServingFunctions
@@ -142,6 +143,7 @@ def export_for_serving(
     warmup_inputs=None,
     overwrite=False,
     example_defaults=None,
+    metadata=None,
 ):
     """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
 
@@ -174,6 +176,10 @@ def export_for_serving(
             required; a missing one fails the request with ``InvalidArgumentError`` naming the
             feature), ``"zeros"`` (all optional: 0 or ``""``), or ``{name: default}``. See
             :func:`keras_mmoe.serving.example_feature_spec`.
+        metadata: a dict of JSON values (e.g. the training record: data settings, task kinds,
+            metrics) written to ``assets.extra/keras_mmoe.json`` inside the version before it
+            appears, so each version carries its own; read it with
+            :func:`keras_mmoe.serving.read_metadata`. TF Serving ignores the file.
 
     Returns:
         The version directory, ``base_dir/<version>``.
@@ -195,6 +201,8 @@ def export_for_serving(
         raise ValueError(f"`base_dir` must be a directory, received the file {base_dir}")
 
     # Validate everything before touching the filesystem.
+    if metadata is not None:
+        _saving.check_metadata(metadata)
     functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults)
     if examples_signature:
         functions.feature_spec  # noqa: B018 (raises for inputs that cannot be Example features)
@@ -218,6 +226,8 @@ def export_for_serving(
             model_name = os.path.basename(base_dir)
             requests = _warmup.warmup_requests(warmup_batches, model_name, examples_signature=examples_signature)
             _warmup.write_warmup_file(temp_dir, requests)
+        if metadata is not None:
+            _saving.write_metadata(temp_dir, metadata)
         _install(temp_dir, target, overwrite)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
