@@ -26,6 +26,7 @@ Why it is built this way:
 import os
 import secrets
 import shutil
+from typing import Sequence
 
 from keras_mmoe._keras import IS_KERAS_3
 from keras_mmoe.serving import warmup as _warmup
@@ -95,8 +96,6 @@ def _save_tf_keras(functions, path, examples_signature):
 
     module = tf.Module()
     module.model = functions.model
-    if functions.gate_weights is not None and functions.gate_weights.sub_model is not None:
-        module.gate_inputs_model = functions.gate_weights.sub_model
     module.serving_default = tf.function(functions.raw, input_signature=functions.raw_signature())
     signatures = {DEFAULT_SIGNATURE: module.serving_default}
     if examples_signature:
@@ -142,11 +141,13 @@ def export_for_serving(
     warmup_inputs=None,
     overwrite=False,
     example_defaults=None,
+    allow_non_finite: Sequence[str] = (),
 ):
     """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
 
     Signatures (tag ``serve``, method ``tensorflow/serving/predict``), all running the model with
-    ``training=False`` (dropout and expert dropout off):
+    ``training=False`` (dropout and expert dropout off) and rejecting NaN and inf in float inputs
+    (see ``allow_non_finite``):
 
     * ``serving_default``: the model's named raw inputs (names, dtypes and shapes of its
       ``keras.Input``, batch dimension ``None``) -> ``{task: (batch, 1)}``: probabilities for
@@ -159,8 +160,10 @@ def export_for_serving(
       features: see ``example_defaults``.
 
     Args:
-        model: Functional Keras model with a dict of named inputs and a dict of outputs keyed by
-            task name (every builder of :mod:`keras_mmoe.models`).
+        model: Functional Keras model. Inputs: a dict (named by key), a list or a single
+            ``keras.Input`` (named by the Input's name). Outputs: a dict keyed by task name, or a
+            list or a single tensor, named by the layers that produce them (see
+            :func:`keras_mmoe.serving.signatures.output_names`).
         base_dir: the model's directory as TF Serving's ``--model_base_path`` sees it.
         version: positive integer; default: one more than the highest numeric version in
             ``base_dir`` (1 when there is none).
@@ -174,12 +177,16 @@ def export_for_serving(
             required; a missing one fails the request with ``InvalidArgumentError`` naming the
             feature), ``"zeros"`` (all optional: 0 or ``""``), or ``{name: default}``. See
             :func:`keras_mmoe.serving.example_feature_spec`.
+        allow_non_finite: names of float inputs passed to the model unchecked. By default every
+            float input is checked in the graph (``tf.debugging.check_numerics``) and a request
+            with NaN or inf in it fails with ``InvalidArgumentError`` naming the input, instead of
+            returning a finite prediction computed from it. List the inputs a model imputes itself.
 
     Returns:
         The version directory, ``base_dir/<version>``.
 
     Raises:
-        ValueError: the model's inputs are not named dense features, outputs not a dict, bad arguments.
+        ValueError: an input or output that cannot be named or served (the message names it), bad arguments.
         FileExistsError: the version exists and ``overwrite`` is False (nothing is changed).
         ImportError: ``warmup_inputs`` given without tensorflow-serving-api installed.
     """
@@ -195,7 +202,8 @@ def export_for_serving(
         raise ValueError(f"`base_dir` must be a directory, received the file {base_dir}")
 
     # Validate everything before touching the filesystem.
-    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults)
+    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults,
+                                 allow_non_finite=allow_non_finite)
     if examples_signature:
         functions.feature_spec  # noqa: B018 (raises for inputs that cannot be Example features)
     warmup_batches = None
