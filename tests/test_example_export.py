@@ -34,7 +34,8 @@ def run(label, call):
 loaded = tf.saved_model.load(PATH)
 for name, rows in feeds.items():
     run(f"tf2/serving_default/{name}", lambda: loaded.signatures["serving_default"](features=tf.constant(rows)))
-    run(f"tf2/predict_examples/{name}", lambda: loaded.signatures["predict_examples"](examples=tf.constant(examples(rows))))
+    run(f"tf2/predict_examples/{name}",
+        lambda: loaded.signatures["predict_examples"](examples=tf.constant(examples(rows))))
 with tf.compat.v1.Session(graph=tf.Graph()) as sess:
     meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], PATH)
     for signature, key in (("serving_default", "features"), ("predict_examples", "examples")):

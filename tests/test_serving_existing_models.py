@@ -31,7 +31,8 @@ def list_model():
     num = keras.Input((3,), name="num")
     city = keras.Input((1,), dtype="string", name="city")
     city_vec = keras.layers.StringLookup(vocabulary=CITIES, output_mode="one_hot", name="city_lookup")(city)
-    h = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate(name="concat")([num, city_vec]))
+    joined = keras.layers.Concatenate(name="concat")([num, city_vec])
+    h = keras.layers.Dense(8, activation="relu", name="hidden")(joined)
     outputs = [keras.layers.Dense(1, activation="sigmoid", name="click")(h), keras.layers.Dense(1, name="value")(h)]
     return keras.Model([num, city], outputs, name="lists")
 

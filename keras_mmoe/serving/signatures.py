@@ -335,7 +335,9 @@ class ServingFunctions:
         self._feature_spec = None
 
     def _finite_checks(self, allow_non_finite):
-        if isinstance(allow_non_finite, (str, bytes)) or not isinstance(allow_non_finite, (list, tuple, set, frozenset)):
+        if isinstance(allow_non_finite, (str, bytes)) or not isinstance(
+            allow_non_finite, (list, tuple, set, frozenset)
+        ):
             raise ValueError(
                 "`allow_non_finite` must be a list of float input names, received: "
                 f"allow_non_finite={allow_non_finite!r}"
