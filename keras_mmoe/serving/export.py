@@ -26,7 +26,7 @@ Why it is built this way:
 import os
 import secrets
 import shutil
-from typing import Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from keras_mmoe._keras import IS_KERAS_3
 from keras_mmoe.serving import warmup as _warmup
@@ -35,7 +35,7 @@ from keras_mmoe.serving.signatures import DEFAULT_SIGNATURE, EXAMPLES_SIGNATURE,
 TEMP_PREFIX = ".tmp-export-"
 
 
-def list_versions(base_dir):
+def list_versions(base_dir: Union[str, "os.PathLike[str]"]) -> Dict[int, str]:
     """``{version: directory name}`` of the children of ``base_dir`` that TF Serving loads as versions."""
     versions = {}
     if not os.path.isdir(base_dir):
@@ -46,7 +46,7 @@ def list_versions(base_dir):
     return versions
 
 
-def next_version(base_dir):
+def next_version(base_dir: Union[str, "os.PathLike[str]"]) -> int:
     """One more than the highest numeric version in ``base_dir`` (1 when there is none)."""
     versions = list_versions(base_dir)
     return max(versions) + 1 if versions else 1
@@ -132,17 +132,17 @@ def _install(temp_dir, target, overwrite):
 
 
 def export_for_serving(
-    model,
-    base_dir,
-    version=None,
+    model: Any,
+    base_dir: Union[str, "os.PathLike[str]"],
+    version: Optional[int] = None,
     *,
-    examples_signature=True,
-    include_gate_weights=False,
-    warmup_inputs=None,
-    overwrite=False,
-    example_defaults=None,
+    examples_signature: bool = True,
+    include_gate_weights: bool = False,
+    warmup_inputs: Union[None, Mapping[str, Any], List[Mapping[str, Any]]] = None,
+    overwrite: bool = False,
+    example_defaults: Union[None, str, Mapping[str, Any]] = None,
     allow_non_finite: Sequence[str] = (),
-):
+) -> str:
     """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
 
     Signatures (tag ``serve``, method ``tensorflow/serving/predict``), all running the model with

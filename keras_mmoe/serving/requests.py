@@ -44,7 +44,7 @@ SERVING_EXTRA_HINT = (
 _FORMATS = ("instances", "inputs")
 
 
-def import_serving_apis():
+def import_serving_apis() -> tuple:
     """Returns ``(predict_pb2, prediction_log_pb2, model_pb2)`` or raises a clear ImportError."""
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
