@@ -1,8 +1,10 @@
 """Whole multi-task models: named inputs taken by name from any mapping, one tower per task, dict outputs by task."""
 
 from keras_mmoe.models.builders import (
+    build_cgc,
     build_mmoe,
     build_omoe,
+    build_ple,
     build_shared_bottom,
     build_single_task,
     functional_model,
@@ -26,12 +28,16 @@ BUILDERS = {
     "l2_constrained": build_l2_constrained,
     "cross_stitch": build_cross_stitch,
     "tensor_factorization": build_tensor_factorization,
+    "cgc": build_cgc,
+    "ple": build_ple,
 }
 
 __all__ = [
     "BUILDERS",
+    "build_cgc",
     "build_mmoe",
     "build_omoe",
+    "build_ple",
     "build_shared_bottom",
     "build_single_task",
     "compile_kwargs",
