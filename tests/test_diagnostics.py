@@ -329,6 +329,18 @@ def test_any_layer_with_gate_weights_and_record_call_is_read_the_same_way(rng):
                                atol=1e-5)
 
 
+def test_cgc_and_ple_are_found_and_refused_with_a_clear_message(rng):
+    """Their per-task gates also weigh task-specific experts, so expert-wise statistics do not apply yet."""
+    from keras_mmoe.models import build_cgc, build_ple
+
+    x = {"features": rng.normal(size=(4, 3)).astype("float32")}
+    for builder, name in ((build_cgc, "cgc"), (build_ple, "ple")):
+        model = builder(3, ["a", "b"], num_shared_experts=2, num_task_experts=1, expert_units=2, seed=0)
+        assert [path for path, _ in find_mmoe_layers(model)] == [name]
+        with pytest.raises(ValueError, match=f"gives each task its own experts too.*get_layer\\('{name}'\\)"):
+            diagnose(model, x)
+
+
 def test_no_private_keras_graph_api_is_used():
     """Serving, diagnostics and the gating helper read gate weights with public Keras APIs only."""
     import keras_mmoe

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
-from keras_mmoe.models import build_mmoe, build_omoe
+from keras_mmoe.models import build_cgc, build_mmoe, build_omoe, build_ple
 from keras_mmoe.serving import example_feature_spec, export_for_serving, input_specs, make_examples
 from serving_models import build_feature_model, feature_batch, predict
 
@@ -29,8 +29,10 @@ def run_signature(path, signature, **feed):
 def gate_models(builder, seed=5):
     keras.utils.set_random_seed(seed)
     x = keras.Input((5,), name="x")
-    reference = builder({"x": x}, TASKS, num_experts=4, expert_units=3, tower_units=(3,),
-                        expert_dropout_rate=0.3, return_gate_weights=True, seed=seed)
+    sizes = (dict(num_experts=4) if builder in (build_mmoe, build_omoe)
+             else dict(num_shared_experts=2, num_task_experts=2))
+    reference = builder({"x": x}, TASKS, expert_units=3, tower_units=(3,),
+                        expert_dropout_rate=0.3, return_gate_weights=True, seed=seed, **sizes)
     tasks_only = keras.Model(reference.input, {t: reference.output[t] for t in TASKS})
     return reference, tasks_only
 
@@ -42,7 +44,7 @@ def expected_with_gates(reference, inputs):
     return expected
 
 
-@pytest.mark.parametrize("builder", [build_mmoe, build_omoe], ids=["mmoe", "omoe"])
+@pytest.mark.parametrize("builder", [build_mmoe, build_omoe, build_cgc, build_ple], ids=["mmoe", "omoe", "cgc", "ple"])
 def test_gate_weights_from_the_layer_and_from_a_model_output(tmp_path, builder):
     reference, tasks_only = gate_models(builder)
     inputs = {"x": np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)}

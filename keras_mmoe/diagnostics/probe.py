@@ -9,7 +9,7 @@ or subclassed model.
 """
 
 import weakref
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -68,6 +68,12 @@ class _GateProbe(keras.Model):
         if model is None:  # pragma: no cover - the cache drops probes with their model
             raise ValueError("The model of this gate probe no longer exists")
         _, (weights,) = run_with_gate_weights(model, inputs, [self.target], training=False)
+        if isinstance(weights, Mapping):  # CGC/PLE: gates over each task's own experts and shared ones
+            raise ValueError(
+                f"Gate diagnostics read gates over experts shared by every task (MMoELayer); "
+                f"{type(self.target).__name__} {self.target.name!r} gives each task its own experts too "
+                f"(gate weights {sorted(weights)}): read them with model.get_layer({self.target.name!r}).gate_weights(...)"
+            )
         return weights
 
 

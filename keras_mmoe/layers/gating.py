@@ -1,8 +1,9 @@
 """Gate weights of a gated layer inside a model: the call inputs, captured while the model runs.
 
-A *gated layer* (:class:`~keras_mmoe.layers.MMoELayer`; PLE/CGC layers alike) has a public
-``gate_weights(inputs, ...)`` method taking the same arguments as its ``call`` (without
-``training``), and reports every call from its ``__call__`` through :func:`record_call`. To read
+A *gated layer* (:class:`~keras_mmoe.layers.MMoELayer`, :class:`~keras_mmoe.layers.CGCLayer`,
+:class:`~keras_mmoe.layers.PLELayer`) has a public ``gate_weights(inputs, ...)`` method taking the
+same arguments as its ``call`` (without ``training``), and reports every call from its
+``__call__`` through :func:`record_call`. To read
 the gate weights of such a layer inside any model (Functional, nested or subclassed; gate input
 given by position or keyword), :func:`run_with_gate_weights` runs the model while
 :func:`capture_calls` keeps the tensors the layer receives, and applies the layer's own
@@ -14,7 +15,7 @@ Used by :mod:`keras_mmoe.serving` (``include_gate_weights``) and :mod:`keras_mmo
 
 import contextlib
 import threading
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from keras_mmoe._keras import keras
 
@@ -82,6 +83,27 @@ def capture_calls(layers: Sequence["keras.layers.Layer"]) -> Iterator[Dict[int, 
         yield capture
     finally:
         active.remove(capture)
+
+
+def task_gate_weights(layer: "keras.layers.Layer", weights: Any) -> Any:
+    """The (batch, tasks, experts) weights of the gates that feed ``layer``'s task outputs.
+
+    ``weights`` is what ``layer.gate_weights`` returned: a tensor (MMoELayer), or a dict of the
+    gates of a CGCLayer (its ``"tasks"`` entry) or a PLELayer (its last level's
+    ``"level_<N-1>_tasks"``), whose task ``k`` row weighs task ``k``'s own experts, then the shared ones.
+    """
+    if not isinstance(weights, Mapping):
+        return weights
+    from keras_mmoe.layers.cgc import TASK_GATES  # lazy: cgc imports this module
+
+    levels = getattr(layer, "num_levels", None)
+    key = TASK_GATES if levels is None else f"level_{levels - 1}_{TASK_GATES}"
+    if key not in weights:
+        raise ValueError(
+            f"{type(layer).__name__} {layer.name!r}: its gate_weights returned {sorted(weights)}, without the task "
+            f"gates {key!r}"
+        )
+    return weights[key]
 
 
 def run_with_gate_weights(

@@ -19,12 +19,13 @@ the final "write a SavedModel" step differs (see :mod:`keras_mmoe.serving.export
 
 Gate weights (``include_gate_weights=True``): if the model has an output ``gate_weights`` of
 shape (batch, tasks, experts) (``build_mmoe(..., return_gate_weights=True)``), it is split
-per task. Otherwise the model must hold exactly one gated layer (an :class:`keras_mmoe.MMoELayer`,
-nested models searched), called once: the serving function runs the model and applies that
-layer's own ``gate_weights`` (``training=False``) to the tensors it was called on
+per task. Otherwise the model must hold exactly one gated layer (an MMoELayer, CGCLayer or
+PLELayer, nested models searched), called once: the serving function runs the model and applies
+that layer's own ``gate_weights`` (``training=False``) to the tensors it was called on
 (:mod:`keras_mmoe.layers.gating`), in the same graph, with the same variables. Each task ``t``
 then gets an output ``t_gate_weights`` of shape (batch, num_experts), the softmax weights its
-gate puts on each expert.
+gate puts on each expert (for CGC/PLE, the last level's task gate: the task's own experts, then
+the shared ones).
 """
 
 import re
@@ -34,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
-from keras_mmoe.layers.gating import find_gated_layers, run_with_gate_weights
+from keras_mmoe.layers.gating import find_gated_layers, run_with_gate_weights, task_gate_weights
 
 #: Signature key of the raw-feature signature (TF Serving's default).
 DEFAULT_SIGNATURE = "serving_default"
@@ -285,7 +286,8 @@ class GateWeights:
         layers = find_gated_layers(model)
         if len(layers) != 1:
             raise ValueError(
-                "include_gate_weights=True needs exactly one MMoELayer in the model (nested models searched), "
+                "include_gate_weights=True needs exactly one MMoELayer, CGCLayer or PLELayer in the model (nested "
+                "models searched), "
                 f"found {len(layers)} in model {model.name!r}" + (f": {[p for p, _ in layers]}" if layers else "")
             )
         self.path, self.layer = layers[0]
@@ -391,6 +393,7 @@ class ServingFunctions:
             outputs, (weights,) = run_with_gate_weights(
                 self.model, model_inputs, [gates.layer], training=False, single_call=True
             )
+            weights = task_gate_weights(gates.layer, weights)
         else:
             outputs, weights = self.model(model_inputs, training=False), None
         outputs = self._named_outputs(outputs)
