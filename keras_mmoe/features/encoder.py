@@ -166,7 +166,8 @@ def build_feature_encoder(
     ...     adapt_data={"age": [30.0, 50.0], "class of worker": ["Private", "Never worked"]})
     >>> sorted(inputs), tuple(encoded.shape)
     (['age', 'class_of_worker'], (None, 4))
-    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(encoded))
+    >>> model = keras_mmoe.models.functional_model(inputs, keras.layers.Dense(1, activation="sigmoid")(encoded))
+    >>> # (takes the features by name from any mapping; see functional_model)
     """
     continuous = _check_names("continuous", continuous)
     nominal = _check_names("nominal", nominal)

@@ -36,7 +36,7 @@ from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cross_stitch import CrossStitch
 from keras_mmoe.layers.l2_tied_dense import L2TiedDense
 from keras_mmoe.layers.tensor_factorization import TensorFactorizedDense
-from keras_mmoe.models.builders import _resolve, build_towers
+from keras_mmoe.models.builders import _resolve, build_towers, functional_model
 from keras_mmoe.models.tasks import output_activation
 
 
@@ -88,7 +88,7 @@ def build_l2_constrained(
         t: keras.layers.Activation(output_activation(kind) or "linear", dtype="float32", name=t)(logit)
         for (t, kind), logit in zip(tasks.items(), logits)
     }
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_cross_stitch(
@@ -125,7 +125,7 @@ def build_cross_stitch(
         ]
         xs = CrossStitch(self_weight=self_weight, name=f"cross_stitch_{i}")(xs)
     outputs = build_towers(dict(zip(tasks, xs)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_tensor_factorization(
@@ -158,7 +158,7 @@ def build_tensor_factorization(
             seed=None if seed is None else seed + 100 * i, name=f"tf_hidden_{i}",
         )(x)
     outputs = build_towers(dict(zip(tasks, x)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 # --------------------------------------------------------------------------- parameter budgets
