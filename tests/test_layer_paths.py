@@ -281,3 +281,37 @@ def test_build_mmoe_mixed_bfloat16_trains_with_xla_and_saves(tmp_path, rng):
     a, b = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
     for key in ("a", "b"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_mixed_bfloat16_export_serves_float32_and_computes_in_bfloat16(tmp_path, rng):
+    # What a bfloat16-trained model serves in, checked in a fresh process without keras_mmoe.
+    from conftest import run_python
+    from keras_mmoe.serving import export_for_serving
+
+    model = build_mmoe(6, ["a", "b"], num_experts=3, expert_units=(8, 4), dtype="mixed_bfloat16", seed=0)
+    x = rng.normal(size=(5, 6)).astype("float32")
+    expected = model.predict({"features": x}, verbose=0)
+    path = export_for_serving(model, str(tmp_path / "model"), version=1)
+    np.save(tmp_path / "x.npy", x)
+    proc = run_python(f"""
+        import json, sys
+        import numpy as np, tensorflow as tf
+        fn = tf.saved_model.load({path!r}).signatures["serving_default"]
+        out = fn(features=tf.constant(np.load({str(tmp_path / "x.npy")!r})))
+        graph = fn.graph.as_graph_def()
+        dtypes = {{a.type for f in graph.library.function for n in f.node_def for a in n.attr.values()}}
+        print(json.dumps(dict(
+            inputs={{k: v.dtype.name for k, v in fn.structured_input_signature[1].items()}},
+            outputs={{k: v.dtype.name for k, v in out.items()}},
+            values={{k: v.numpy().tolist() for k, v in out.items()}},
+            bfloat16_inside=tf.bfloat16.as_datatype_enum in dtypes,
+            imported_keras_mmoe="keras_mmoe" in sys.modules)))
+    """)
+    import json
+
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["inputs"] == {"features": "float32"}
+    assert report["outputs"] == {"a": "float32", "b": "float32"}
+    assert report["bfloat16_inside"] and not report["imported_keras_mmoe"]
+    for key in ("a", "b"):
+        np.testing.assert_allclose(np.array(report["values"][key]), expected[key], rtol=0, atol=2e-3)
