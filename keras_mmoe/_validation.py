@@ -71,6 +71,20 @@ def check_seed(name, value):
     return value
 
 
+def check_positive_float(name, value):
+    """A finite float > 0 (learning rates, scales)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a float > 0, received: {name}={value!r}")
+    return float(value)
+
+
+def check_correlation(name, value):
+    """A float in [-1, 1] (task correlations)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` must be a float in [-1, 1], received: {name}={value!r}")
+    return float(value)
+
+
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from keras_mmoe._keras import IS_KERAS_3
 from keras_mmoe.layers import _utils
+from keras_mmoe.layers.gating import record_call
 
 
 class GateInputsMixin:
@@ -17,6 +18,7 @@ class GateInputsMixin:
     """
 
     def __call__(self, inputs, *args, **kwargs):
+        record_call(self, (inputs,) + args, kwargs)  # for keras_mmoe.layers.gating (gate weights in a model)
         if not IS_KERAS_3 and not self.built:
             gate_inputs = kwargs.get("gate_inputs", args[0] if args else None)
             self._gate_inputs_shape = None if gate_inputs is None else gate_inputs.shape

@@ -1,4 +1,4 @@
-"""Whole multi-task models: dict inputs, one tower per task, dict outputs keyed by task name."""
+"""Whole multi-task models: named inputs taken by name from any mapping, one tower per task, dict outputs by task."""
 
 from keras_mmoe.models.builders import (
     build_cgc,
@@ -7,6 +7,7 @@ from keras_mmoe.models.builders import (
     build_ple,
     build_shared_bottom,
     build_single_task,
+    functional_model,
     make_inputs,
     build_towers,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "build_shared_bottom",
     "build_single_task",
     "compile_kwargs",
+    "functional_model",
     "make_inputs",
     "normalize_tasks",
     "build_towers",

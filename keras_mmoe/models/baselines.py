@@ -26,14 +26,17 @@ two tasks (numbers asserted in tests/test_baselines.py):
     ple                   as cgc, 2 levels                            76,670    1.061
 """
 
+from __future__ import annotations
+
 import math
+from typing import Callable, Mapping, Sequence
 
 from keras_mmoe._keras import keras
 from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cross_stitch import CrossStitch
 from keras_mmoe.layers.l2_tied_dense import L2TiedDense
 from keras_mmoe.layers.tensor_factorization import TensorFactorizedDense
-from keras_mmoe.models.builders import _resolve, build_towers
+from keras_mmoe.models.builders import _resolve, build_towers, functional_model
 from keras_mmoe.models.tasks import output_activation
 
 
@@ -85,7 +88,7 @@ def build_l2_constrained(
         t: keras.layers.Activation(output_activation(kind) or "linear", dtype="float32", name=t)(logit)
         for (t, kind), logit in zip(tasks.items(), logits)
     }
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_cross_stitch(
@@ -122,7 +125,7 @@ def build_cross_stitch(
         ]
         xs = CrossStitch(self_weight=self_weight, name=f"cross_stitch_{i}")(xs)
     outputs = build_towers(dict(zip(tasks, xs)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_tensor_factorization(
@@ -155,14 +158,10 @@ def build_tensor_factorization(
             seed=None if seed is None else seed + 100 * i, name=f"tf_hidden_{i}",
         )(x)
     outputs = build_towers(dict(zip(tasks, x)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 # --------------------------------------------------------------------------- parameter budgets
-
-#: The census setting of the MMoE paper's section 6.3 models (towers and experts as in section 5).
-CENSUS_MMOE = dict(num_experts=8, expert_units=16, tower_units=(8,))
-
 
 def _tower_params(units_in, tower_units, num_tasks):
     total, u = 0, units_in
@@ -194,7 +193,7 @@ def _progressive_params(d, n, tower, num_levels, kwargs):
     return total + _tower_params(width, tower, n)
 
 
-def count_params_formula(kind, input_dim, num_tasks, **kwargs):
+def count_params_formula(kind: str, input_dim: int, num_tasks: int, **kwargs) -> int:
     """Trainable parameters of ``BUILDERS[kind]`` with one hidden/bottom layer, without building it.
 
     Used by :func:`matched_budget_kwargs` to size the baselines; tests check it against
@@ -235,7 +234,8 @@ def _closest(count, target, lo=1, hi=4096):
     return min(candidates, key=lambda s: abs(count(s) - target))
 
 
-def matched_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16, tower_units=(8,)):
+def matched_budget_kwargs(input_dim: int, num_tasks: int = 2, num_experts: int = 8, expert_units: int = 16,
+                          tower_units: Sequence[int] = (8,)) -> dict:
     """Size arguments per builder name giving each about MMoE's trainable parameter count.
 
     MMoE and OMoE get ``num_experts`` x ``expert_units`` (the paper's 8 x 16); every other
@@ -279,7 +279,8 @@ def matched_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16
     return result
 
 
-def budget_table(input_dim=499, tasks=("income", "never_married"), builders=None, **kwargs):
+def budget_table(input_dim: int = 499, tasks: Sequence[str] = ("income", "never_married"),
+                 builders: Mapping[str, Callable] | None = None, **kwargs) -> dict:
     """``{name: (trainable_params, ratio_to_mmoe)}``, counted on built models sized by :func:`matched_budget_kwargs`."""
     from keras_mmoe.models import BUILDERS
 

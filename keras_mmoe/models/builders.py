@@ -1,9 +1,9 @@
 """Builders of whole multi-task models: the MMoE paper's section 5 models.
 
-Every builder returns a Functional ``keras.Model`` whose inputs are a dict of named
-``keras.Input`` (so exported serving signatures have named inputs) and whose outputs are
-a dict keyed by task name, so losses, metrics and ``tf.data`` labels are keyed by task name
-too. Each task has its own tower ``h^k`` (Dense layers, then one output unit: sigmoid for
+Every builder returns a Functional ``keras.Model`` (:func:`functional_model`) whose named
+``keras.Input`` take features by name from any mapping (so ``tf.data`` pipelines and exported
+serving signatures use the names) and whose outputs are a dict keyed by task name, so losses,
+metrics and ``tf.data`` labels are keyed by task name too. Each task has its own tower ``h^k`` (Dense layers, then one output unit: sigmoid for
 binary tasks, linear for regression), computed in float32 under mixed precision.
 
     MMoE           y_k = h^k( sum_i g^k(x)_i f_i(x) )        one gate per task
@@ -14,6 +14,8 @@ binary tasks, linear for regression), computed in float32 under mixed precision.
     Single-Task    y_k = h^k( f^k(x) )                       a separate network per task
 """
 
+from typing import Any, Mapping, Optional
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
@@ -23,11 +25,45 @@ from keras_mmoe.layers.cgc import TASK_GATES
 from keras_mmoe.models.tasks import normalize_tasks, output_activation
 
 
+def functional_model(inputs: Mapping[str, Any], outputs: Any, name: Optional[str] = None) -> "keras.Model":
+    """A Functional model whose named inputs take features by name from any mapping.
+
+    ``keras.Model(dict_of_inputs, outputs)`` matches a batch of features to its inputs by
+    position under Keras 3: a plain dict flattens in sorted key order, but an ``OrderedDict``
+    (what ``tf.data.experimental.make_csv_dataset`` yields) in insertion order, so the
+    features of a CSV file reach the wrong inputs ("Cast string to float is not supported", or
+    silently swapped numbers). A model built from the list of named inputs is matched by the
+    inputs' names under Keras 3 and tf-keras, whatever the mapping's order, and ignores extra
+    features. The list is in sorted key order, the order the dict form used.
+
+    Args:
+        inputs: ``{name: keras.Input(..., name=name)}``; each key must be its Input's name.
+        outputs: the model's outputs (e.g. a dict keyed by task name).
+        name: the model's name.
+
+    Example:
+
+    >>> inputs, encoded = keras_mmoe.features.build_feature_encoder(["age"], ["city"], adapt_data=ds)
+    >>> model = functional_model(inputs, {"click": keras.layers.Dense(1, "sigmoid", name="click")(encoded)})
+    >>> model.fit(ds, ...)   # ds yields ({"city": ..., "age": ...}, labels) in any key order
+    """
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise ValueError(f"`inputs` must be a non-empty dict of named keras.Input, received: {inputs!r}")
+    for key, tensor in inputs.items():
+        input_name = str(getattr(tensor, "name", "")).split(":")[0]
+        if key != input_name:
+            raise ValueError(
+                f"`inputs` key {key!r} holds the keras.Input named {input_name!r}; the model takes features by the "
+                f"Input's name, so name them alike: keras.Input(..., name={key!r})"
+            )
+    return keras.Model([inputs[key] for key in sorted(inputs)], outputs, name=name)
+
+
 def make_inputs(inputs):
     """Normalizes ``inputs`` to a dict of named Keras inputs.
 
     ``inputs`` may be an int ``d`` (one float input ``features`` of shape (d,)), a single
-    ``keras.Input`` (keyed by its name) or a dict of them.
+    ``keras.Input`` (keyed by its name) or a dict of them, each keyed by its Input's name.
     """
     if isinstance(inputs, int) and not isinstance(inputs, bool):
         _utils.check_positive_int("inputs", inputs)
@@ -158,7 +194,7 @@ def _mixture_model(layer, inputs, tasks, features, gate_features, towers, return
     if return_gate_weights:
         gate_weights = gate_weights if gate_key is None else gate_weights[gate_key]
         outputs["gate_weights"] = keras.layers.Activation("linear", dtype="float32", name="gate_weights")(gate_weights)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_omoe(inputs, tasks, **kwargs):
@@ -265,7 +301,7 @@ def build_shared_bottom(
     inputs, tasks, features = _resolve(inputs, tasks, features)
     bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer)
     outputs = build_towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_single_task(
@@ -289,4 +325,4 @@ def build_single_task(
     units = _utils.check_units("hidden_units", hidden_units)
     hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer) for t in tasks}
     outputs = build_towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
