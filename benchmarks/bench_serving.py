@@ -120,7 +120,7 @@ def build_and_export(args, out_dir):
     from keras_mmoe._keras import keras
     from keras_mmoe.data import load_census_income
     from keras_mmoe.features import census_feature_encoder
-    from keras_mmoe.models import build_mmoe, compile_kwargs, matched_budget_kwargs
+    from keras_mmoe.models import build_mmoe, compile_kwargs, functional_model, matched_budget_kwargs
     from keras_mmoe.serving import export_for_serving
 
     import numpy as np
@@ -137,11 +137,11 @@ def build_and_export(args, out_dir):
             target = params["mmoe"]
             d, n = int(encoded.shape[-1]), len(tasks)
             # d*h + h (hidden) + n*(h + 1) (outputs) closest to the MMoE's trainable count.
-            extra = sum(int(np.prod(v.shape)) for v in keras.Model(inputs, encoded).trainable_weights)
+            extra = sum(int(np.prod(v.shape)) for v in functional_model(inputs, encoded).trainable_weights)
             hidden = max(1, round((target - extra - n) / (d + 1 + n)))
             h = keras.layers.Dense(hidden, activation="relu", name="hidden")(encoded)
             outputs = {t: keras.layers.Dense(1, activation="sigmoid", name=t)(h) for t in tasks}
-            model = keras.Model(inputs, outputs, name="mlp")
+            model = functional_model(inputs, outputs, name="mlp")
         else:
             model = build_mmoe(inputs, tasks, features=encoded, seed=0,
                                dtype="mixed_bfloat16" if name == "mmoe_bf16" else None, **sizes)
