@@ -220,7 +220,7 @@ def build_ple(
     expert_dropout_rate: float = 0.0,
     gate_temperature: float = 1.0,
     gate_hidden_units=(),
-    gate_use_bias: bool = True,
+    gate_use_bias: Optional[bool] = None,
     expert_activation="relu",
     tower_activation="relu",
     tower_dropout: float = 0.0,
