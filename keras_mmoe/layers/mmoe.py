@@ -6,6 +6,7 @@ from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable, serializ
 from keras_mmoe._validation import resolve_task_names
 from keras_mmoe.layers import _utils
 from keras_mmoe.layers.experts import ExpertBank
+from keras_mmoe.layers.gating import record_call
 from keras_mmoe.layers.gates import ExpertDropoutGate
 
 @register_serializable
@@ -41,6 +42,17 @@ class MMoELayer(keras.layers.Layer):
         use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer:
             as in ``keras.layers.Dense``, for experts and gates.
         seed: seed of initializers and expert dropout (None: random).
+        gate_use_bias: whether the gates' dense layers have a bias (default: ``use_bias``).
+            ``False`` gives gates ``softmax(W_gk x)`` without bias, as in the paper's eq. 8
+            and in DeepCTR's ``MMOE``.
+        expert_implementation: how the built-in experts' deeper layers are computed,
+            ``"auto"`` (chosen from the sizes), ``"batched"`` or ``"per_expert"``: speed only,
+            same weights and results (see :class:`ExpertBank`).
+
+    Mixed precision: under a ``mixed_bfloat16`` (or ``mixed_float16``) dtype policy, global or
+    given as ``dtype``, experts, gates and the mixture compute in the policy's compute dtype;
+    the variables stay float32 and each gate's softmax is computed in float32. The outputs
+    are in the compute dtype.
 
     Call arguments:
         inputs: expert input, (batch, d).
@@ -84,6 +96,8 @@ class MMoELayer(keras.layers.Layer):
         kernel_regularizer=None,
         bias_regularizer=None,
         seed=None,
+        gate_use_bias=None,
+        expert_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,10 +129,12 @@ class MMoELayer(keras.layers.Layer):
             bias_regularizer=bias_regularizer,
             experts=experts,
             seed=seed,
+            implementation=expert_implementation,
             dtype=self.dtype_policy,
             name="experts",
         )
         self.num_experts = self.expert_bank.num_experts
+        self.gate_use_bias = self.expert_bank.use_bias if gate_use_bias is None else bool(gate_use_bias)
         # Gates share the experts' settings; each gets its own seed range so that gates
         # start different and draw independent dropout masks.
         gate_seed = _utils.base_seed(self.expert_bank.kernel_initializer, seed) + 7919
@@ -130,7 +146,7 @@ class MMoELayer(keras.layers.Layer):
                 temperature=self.gate_temperature,
                 hidden_units=self.gate_hidden_units,
                 activation=expert_activation,
-                use_bias=use_bias,
+                use_bias=self.gate_use_bias,
                 kernel_initializer=_utils.seeded_copy(self.expert_bank.kernel_initializer, gate_seed + 1000 * g),
                 bias_initializer=bias_initializer,
                 kernel_regularizer=kernel_regularizer,
@@ -143,6 +159,7 @@ class MMoELayer(keras.layers.Layer):
         ]
 
     def __call__(self, inputs, *args, **kwargs):
+        record_call(self, (inputs,) + args, kwargs)  # for keras_mmoe.layers.gating (gate weights in a model)
         # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
         # first, so note the gate input's shape for build() before the first call.
         if not IS_KERAS_3 and not self.built:
@@ -193,7 +210,7 @@ class MMoELayer(keras.layers.Layer):
         experts = self.expert_bank(inputs, training=training)  # (batch, E, u), computed once
         if self.shared_gate:
             weights = self.gates[0](gate_inputs, training=training)  # (batch, E)
-            mixed = tf.einsum("be,beu->bu", weights, experts)
+            mixed = tf.squeeze(tf.matmul(weights[:, None, :], experts), axis=1)  # (batch, u)
             outputs = [tf.identity(mixed) for _ in self.task_names]
             if self.return_gate_weights:
                 gate_weights = tf.broadcast_to(
@@ -201,11 +218,47 @@ class MMoELayer(keras.layers.Layer):
                 )
         else:
             gate_weights = tf.stack([gate(gate_inputs, training=training) for gate in self.gates], axis=1)
-            mixed = tf.einsum("bte,beu->btu", gate_weights, experts)  # (batch, T, u)
+            # (batch, T, E) @ (batch, E, u): one batched matmul mixes every task's experts.
+            mixed = tf.matmul(gate_weights, experts)  # (batch, T, u)
             outputs = tf.unstack(mixed, num=self.num_tasks, axis=1)
         if self.return_gate_weights:
             return outputs, gate_weights
         return outputs
+
+    def gate_weights(self, inputs, gate_inputs=None):
+        """The weights the gates put on the experts, in inference mode (no expert dropout).
+
+        Takes the arguments of ``call`` and applies the layer's own gates to ``gate_inputs``
+        (default ``inputs``) with ``training=False``: ``g^k(x_g) = softmax(W_gk x_g / temperature)``
+        for each task ``k``; a shared gate (OMoE) is broadcast to every task. The layer must be
+        built (called once). To read them inside a model, see :mod:`keras_mmoe.layers.gating`.
+
+        Args:
+            inputs: expert input, (batch, d).
+            gate_inputs: optional gate input, (batch, d_g).
+
+        Returns:
+            A tensor (batch, num_tasks, num_experts) whose rows sum to 1, in the layer's
+            compute dtype.
+
+        Example:
+
+        >>> layer = keras_mmoe.MMoELayer(4, 8, task_names=["click", "buy"])
+        >>> outputs = layer(tf.ones((2, 16)))
+        >>> layer.gate_weights(tf.ones((2, 16))).shape
+        TensorShape([2, 2, 4])
+        """
+        if not self.built:
+            raise ValueError(
+                f"MMoELayer '{self.name}' is not built yet: call it on its inputs before reading its gate weights"
+            )
+        x = inputs if gate_inputs is None else gate_inputs
+        _utils.check_rank2(self, "inputs" if gate_inputs is None else "gate_inputs", x.shape)
+        per_gate = [gate(x, training=False) for gate in self.gates]
+        if self.shared_gate:
+            weights = per_gate[0]
+            return tf.broadcast_to(weights[:, None, :], (tf.shape(weights)[0], self.num_tasks, self.num_experts))
+        return tf.stack(per_gate, axis=1)
 
     def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
         batch = tf.TensorShape(inputs_shape)[0]
@@ -235,5 +288,7 @@ class MMoELayer(keras.layers.Layer):
             kernel_regularizer=serialize(bank.kernel_regularizer),
             bias_regularizer=serialize(bank.bias_regularizer),
             seed=self.seed,
+            gate_use_bias=self.gate_use_bias,
+            expert_implementation=bank.implementation,
         )
         return config
