@@ -2,7 +2,7 @@
 
 A study is a fixed list of **units** of work (for example one vectorized cell of K runs), each
 named by a key. :class:`StudyStore` holds the study's settings and every finished run; after
-each unit it rewrites the file atomically (a temporary file, then ``os.replace``), so a study
+each unit it rewrites the file atomically (:func:`keras_mmoe.saving.write_json`), so a study
 killed at any moment leaves the file as it was after its last finished unit. Started again with
 the same settings it skips the finished units and runs the others; every unit is computed as it
 would have been in one uninterrupted session (a unit is always run whole, from its own seeds),
@@ -18,8 +18,9 @@ Example:
 
 import json
 import os
-import tempfile
 import time
+
+from keras_mmoe.saving import write_json
 
 
 class StudyStore:
@@ -58,9 +59,8 @@ class StudyStore:
             self.record = record
         else:
             self.record = {"settings": settings, "sessions": [], "units_done": [], "runs": []}
-        self.record.setdefault("sessions", [])
-        self.record["sessions"].append(dict(session or {}, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
-        self._write()
+        started = dict(session or {}, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._commit(dict(self.record, sessions=self.record.get("sessions", []) + [started]))
 
     @property
     def settings(self):
@@ -83,29 +83,17 @@ class StudyStore:
         unit = str(unit)
         if self.is_done(unit):
             raise ValueError(f"unit {unit!r} is already recorded in {self.path}")
-        self.record["runs"].extend(dict(run, unit=unit) for run in runs)
-        self.record["units_done"].append(unit)
-        self._write()
+        self._commit(dict(self.record, runs=self.record["runs"] + [dict(run, unit=unit) for run in runs],
+                          units_done=self.record["units_done"] + [unit]))
 
     def update(self, **entries):
         """Sets top-level entries (for example ``summary``) and writes the file."""
         reserved = {"settings", "sessions", "units_done", "runs"} & set(entries)
         if reserved:
             raise ValueError(f"StudyStore.update cannot set {sorted(reserved)}")
-        self.record.update(entries)
-        self._write()
+        self._commit(dict(self.record, **entries))
 
-    def _write(self):
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.record, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+    def _commit(self, record):
+        """Writes ``record`` and then takes it as the store's state (a failed write changes neither)."""
+        write_json(self.path, record)
+        self.record = record
