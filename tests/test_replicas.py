@@ -245,6 +245,8 @@ def test_errors_name_the_argument():
         R.ReplicaStack([BUILDERS["single_task"](DIM, TASKS)], TASKS)
     with pytest.raises(ValueError, match="gate_hidden_units"):
         R.ReplicaStack([BUILDERS["mmoe"](DIM, TASKS, gate_hidden_units=(4,))], TASKS)
+    with pytest.raises(ValueError, match="gate biases=False"):
+        R.ReplicaStack([BUILDERS["mmoe"](DIM, TASKS, gate_use_bias=False)], TASKS)
     with pytest.raises(ValueError, match="dropout"):
         R.ReplicaStack([BUILDERS["mmoe"](DIM, TASKS, tower_dropout=0.1)], TASKS)
     with pytest.raises(ValueError, match="x_train"):

@@ -224,11 +224,12 @@ def _layout(model, tasks):
     if moe:
         layer = moe[0]
         bank = layer.expert_bank
-        if bank.experts is not None or layer.gate_hidden_units or not bank.use_bias:
+        gate_bias = all(gate.use_bias for gate in layer.gates)
+        if bank.experts is not None or layer.gate_hidden_units or not bank.use_bias or not gate_bias:
             raise ValueError(
                 f"ReplicaStack supports MMoELayer with built-in experts, linear gates and biases; layer "
                 f"{layer.name!r} has experts={bank.experts is not None}, gate_hidden_units="
-                f"{layer.gate_hidden_units}, use_bias={bank.use_bias}"
+                f"{layer.gate_hidden_units}, use_bias={bank.use_bias}, gate biases={gate_bias}"
             )
         layout.update(kind="moe", expert_layers=len(bank.units), expert_activation=bank.activation, gates=layer.gates)
         for i in range(len(bank.units)):
