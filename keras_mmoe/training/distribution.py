@@ -16,6 +16,10 @@ import tensorflow as tf
 
 STRATEGIES = ("none", "mirrored", "multi-worker", "parameter-server")
 
+# One strategy per process and arguments: two strategies over the same devices would reuse the
+# same collective-op keys (TensorFlow then fails with a shape mismatch between collectives).
+_CREATED = {}
+
 
 @dataclass
 class Distribution:
@@ -161,7 +165,9 @@ def make_distribution(strategy: str = "none", *, devices: Optional[int] = None, 
     machine of the cluster.
 
     Returns:
-        A :class:`Distribution`.
+        A :class:`Distribution`; called again with the same arguments, the same one (a process
+        creates each strategy once: a second strategy over the same devices breaks TensorFlow's
+        collective operations).
 
     Raises:
         ValueError: an unknown strategy, ``devices`` with another strategy, a missing or malformed
@@ -173,6 +179,9 @@ def make_distribution(strategy: str = "none", *, devices: Optional[int] = None, 
     >>> distribution.num_replicas
     2
     """
+    key = (strategy, devices)
+    if key in _CREATED:
+        return _CREATED[key]
     if strategy not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}, received: strategy={strategy!r}")
     if devices is not None and strategy != "mirrored":
@@ -183,7 +192,8 @@ def make_distribution(strategy: str = "none", *, devices: Optional[int] = None, 
         return Distribution("none", tf.distribute.get_strategy())
     if strategy == "mirrored":
         names = split_cpu(devices) if devices is not None else None
-        return Distribution("mirrored", tf.distribute.MirroredStrategy(names))
+        _CREATED[key] = Distribution("mirrored", tf.distribute.MirroredStrategy(names))
+        return _CREATED[key]
 
     config = read_tf_config(strategy)
     task_type, task_id = config["task"]["type"], config["task"]["index"]
@@ -192,7 +202,8 @@ def make_distribution(strategy: str = "none", *, devices: Optional[int] = None, 
     if strategy == "multi-worker":
         mwms = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
-        return Distribution("multi-worker", mwms, task_type=task_type, task_id=task_id, is_chief=is_chief)
+        _CREATED[key] = Distribution("multi-worker", mwms, task_type=task_type, task_id=task_id, is_chief=is_chief)
+        return _CREATED[key]
 
     if task_type in ("worker", "ps"):
         if log is not None:
@@ -200,4 +211,5 @@ def make_distribution(strategy: str = "none", *, devices: Optional[int] = None, 
         serve(config)  # never returns
     ps = tf.distribute.ParameterServerStrategy(resolver)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(ps)
-    return Distribution("parameter-server", ps, coordinator, task_type=task_type, task_id=task_id, is_chief=True)
+    _CREATED[key] = Distribution("parameter-server", ps, coordinator, task_type=task_type, task_id=task_id, is_chief=True)
+    return _CREATED[key]

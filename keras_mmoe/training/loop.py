@@ -165,7 +165,11 @@ class _Trainer:
         return {"count": count, "regularization": tf.convert_to_tensor(regularization, tf.float32) * count, **sums}
 
     def _reduce(self, per_replica):
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        """Sums the replicas' step outputs, packed in one tensor (one collective per step)."""
+        keys = ["count", "regularization", *self.tasks]
+        packed = self.strategy.run(lambda out: tf.stack([out[k] for k in keys]), args=(per_replica,))
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
+        return {k: total[i] for i, k in enumerate(keys)}
 
     def _train_step(self, batch):
         features, labels = _split(batch)
