@@ -228,7 +228,7 @@ class _ProgressLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.seen = batch + 1
         if self.verbose == 1:
-            self.progbar.update(self.seen, list((logs or {}).items()))
+            self.progbar.update(self.seen, [(k, float(v)) for k, v in (logs or {}).items()])
 
     def on_epoch_end(self, epoch, logs=None):
         if self.steps is None:
@@ -238,7 +238,11 @@ class _ProgressLogger(keras.callbacks.Callback):
 
 
 class _EpochLogs:
-    """Running sums of one epoch's step outputs -> Keras-style logs (``loss``, ``<task>_loss``)."""
+    """Running sums of one epoch's step outputs -> Keras-style logs (``loss``, ``<task>_loss``).
+
+    The sums stay tensors during the epoch (no wait for each step's result, so steps are
+    dispatched ahead); :meth:`logs` gives tensors, :meth:`final_logs` Python floats.
+    """
 
     def __init__(self, tasks, loss_weights):
         self.tasks, self.loss_weights = tasks, loss_weights
@@ -246,17 +250,24 @@ class _EpochLogs:
 
     def add(self, step_output):
         for key, value in step_output.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     def logs(self):
-        count = self.sums.get("count", 0.0)
-        if not count:
+        if not self.sums:
             return {}
-        logs = {f"{name}_loss": self.sums[name] / count for name in self.tasks}
-        logs["loss"] = self.sums["regularization"] / count + sum(
-            self.loss_weights[name] * logs[f"{name}_loss"] for name in self.tasks
+        count = self.sums["count"]
+        logs = {f"{name}_loss": tf.math.divide_no_nan(self.sums[name], count) for name in self.tasks}
+        logs["loss"] = tf.math.divide_no_nan(self.sums["regularization"], count) + tf.add_n(
+            [self.loss_weights[name] * logs[f"{name}_loss"] for name in self.tasks]
         )
         return logs
+
+    def final_logs(self):
+        return {key: float(value) for key, value in self.logs().items()}
+
+    @property
+    def count(self):
+        return float(self.sums["count"]) if self.sums else 0.0
 
 
 def _skip(dataset_fn, steps, repeat=False):
@@ -403,28 +414,35 @@ def fit(
         per_worker_iterator = iter(per_worker)
     repeated_iterator = None
 
+    epoch_index = int(counters.epoch.numpy())
+    step_in_epoch = int(counters.step_in_epoch.numpy())
+    global_step = int(counters.global_step.numpy())
+
     def save_checkpoint():
         if checkpoint is not None:
+            counters.epoch.assign(epoch_index)
+            counters.step_in_epoch.assign(step_in_epoch)
+            counters.global_step.assign(global_step)
             checkpoint.save()
 
     def end_step(step_output, epoch_logs, batch_index):
+        nonlocal step_in_epoch, global_step
         epoch_logs.add(step_output)
-        counters.step_in_epoch.assign_add(1)
-        counters.global_step.assign_add(1)
+        step_in_epoch += 1
+        global_step += 1
         callback_list.on_train_batch_end(batch_index, epoch_logs.logs())
-        if checkpoint_every_steps and int(counters.global_step.numpy()) % checkpoint_every_steps == 0:
+        if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
             save_checkpoint()
 
     callback_list.on_train_begin()
-    start_epoch = int(counters.epoch.numpy())
-    if start_epoch >= epochs:
+    if epoch_index >= epochs:
         say(f"the checkpoint has all {epochs} epochs done: nothing left to train")
     logs = {}
     throughput = []
-    for epoch in range(start_epoch, epochs):
-        done = int(counters.step_in_epoch.numpy())
+    while epoch_index < epochs:
+        done = step_in_epoch
         epoch_logs = _EpochLogs(tasks, loss_weights)
-        callback_list.on_epoch_begin(epoch)
+        callback_list.on_epoch_begin(epoch_index)
         started = time.perf_counter()
         if distribution.coordinator is not None:
             remaining = steps_per_epoch - done
@@ -452,27 +470,25 @@ def fit(
                 callback_list.on_train_batch_begin(index)
                 end_step(trainer.train_step(batch), epoch_logs, index)
                 index += 1
-        seconds = time.perf_counter() - started
-        if epoch_logs.sums.get("count"):
-            throughput.append(epoch_logs.sums["count"] / seconds)
-        logs = epoch_logs.logs()
+        logs = epoch_logs.final_logs()  # waits for the epoch's last step
+        if epoch_logs.count:
+            throughput.append(epoch_logs.count / (time.perf_counter() - started))
         if validation_dataset_fn is not None:
             logs.update(trainer.evaluate(validation_dataset_fn))
-        counters.epoch.assign_add(1)
-        counters.step_in_epoch.assign(0)
+        epoch_index += 1
+        step_in_epoch = 0
         save_checkpoint()
-        callback_list.on_epoch_end(epoch, logs)
+        callback_list.on_epoch_end(epoch_index - 1, logs)
         if model.stop_training:
             break
     callback_list.on_train_end(logs)
-    stopped_early = bool(model.stop_training) and int(counters.epoch.numpy()) < epochs
     return FitResult(
         model=model,
         history=dict(history.history),
-        epochs_done=int(counters.epoch.numpy()),
-        global_step=int(counters.global_step.numpy()),
+        epochs_done=epoch_index,
+        global_step=global_step,
         resumed_from=resumed_from,
-        stopped_early=stopped_early,
+        stopped_early=bool(model.stop_training) and epoch_index < epochs,
         distribution=distribution,
         checkpoint=checkpoint,
         examples_per_second=throughput,
