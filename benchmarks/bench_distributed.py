@@ -1,7 +1,7 @@
 """Training throughput (examples/s) of keras_mmoe.training.fit by strategy and number of workers.
 
 Each configuration is a fresh set of processes on this machine: ``none`` (one process, no
-strategy), ``multi-worker`` with 1 worker and with 2 workers (local processes on 127.0.0.1), and
+strategy), the same with Keras's own ``model.fit`` instead of the package's loop, ``multi-worker`` with 1 worker and with 2 workers (local processes on 127.0.0.1), and
 ``mirrored`` on 2 logical CPU devices. Same model, data and global batch everywhere; the figure of
 a run is the median examples/s over its epochs after the first (which traces the step function).
 Configurations alternate within each repeat; the table gives the median over repeats.
@@ -21,6 +21,7 @@ import time
 
 CONFIGS = {
     "none": ("none", 1, None),
+    "none, Keras model.fit": ("fit", 1, None),
     "multi-worker, 1 worker": ("multi-worker", 1, None),
     "multi-worker, 2 workers": ("multi-worker", 2, None),
     "mirrored, 2 logical CPUs": ("mirrored", 1, 2),
@@ -31,7 +32,7 @@ def train(args):
     """One process of a configuration: trains and prints ``RESULT {json}``."""
     from keras_mmoe import training
 
-    distribution = training.make_distribution(args.strategy, devices=args.devices)
+    distribution = training.make_distribution("none" if args.strategy == "fit" else args.strategy, devices=args.devices)
 
     import numpy as np
 
@@ -41,12 +42,39 @@ def train(args):
     data = make_synthetic(args.rows, dim=args.dim, seed=0)
     tasks = {name: "regression" for name in data.task_names}
     dataset_fn = training.in_memory_dataset_fn({"features": data.x}, data.y, args.batch_size, seed=0)
-    result = training.fit(
-        lambda: build_mmoe(args.dim, tasks, num_experts=8, expert_units=16, seed=0),
-        dataset_fn, tasks, distribution=distribution, epochs=args.epochs, verbose=0, log=None,
-    )
-    rate = float(np.median(result.examples_per_second[1:]))
-    print("RESULT " + json.dumps({"examples_per_second": rate, "steps": result.global_step}), flush=True)
+    if args.strategy == "fit":
+        rate = float(np.median(keras_fit_rates(args, data, tasks, dataset_fn)[1:]))
+    else:
+        result = training.fit(
+            lambda: build_mmoe(args.dim, tasks, num_experts=8, expert_units=16, seed=0),
+            dataset_fn, tasks, distribution=distribution, epochs=args.epochs, verbose=0, log=None,
+        )
+        rate = float(np.median(result.examples_per_second[1:]))
+    print("RESULT " + json.dumps({"examples_per_second": rate}), flush=True)
+
+
+def keras_fit_rates(args, data, tasks, dataset_fn):
+    """examples/s of each epoch of Keras's ``model.fit`` on the same model and data."""
+    import time as clock
+
+    import tensorflow as tf
+
+    from keras_mmoe._keras import keras
+    from keras_mmoe.models import build_mmoe, compile_kwargs
+
+    model = build_mmoe(args.dim, tasks, num_experts=8, expert_units=16, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), **compile_kwargs(tasks))
+    rates = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = clock.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            rates.append(args.rows / (clock.perf_counter() - self.started))
+
+    model.fit(dataset_fn(tf.distribute.InputContext()), epochs=args.epochs, verbose=0, callbacks=[Timer()])
+    return rates
 
 
 def free_ports(n):

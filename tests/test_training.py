@@ -85,10 +85,11 @@ def test_one_step_equals_a_numpy_gradient_step():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_keras_early_stopping_and_other_callbacks_work():
+def test_keras_early_stopping_and_other_callbacks_work(tmp_path):
     features, labels = make_data()
     dataset_fn = training.in_memory_dataset_fn(features, labels, 64)
     seen = []
+    csv_path = str(tmp_path / "log.csv")
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -97,23 +98,32 @@ def test_keras_early_stopping_and_other_callbacks_work():
     # An improvement of AUC by 1.0 never happens: Keras's EarlyStopping stops after the second epoch.
     stop = keras.callbacks.EarlyStopping(monitor="val_ctr_auc", mode="max", min_delta=1.0, patience=1)
     result = training.fit(model_fn(), dataset_fn, TASKS, validation_dataset_fn=dataset_fn, epochs=6,
-                          callbacks=[stop, Record()], verbose=0, log=None)
+                          callbacks=[stop, Record(), keras.callbacks.CSVLogger(csv_path)], verbose=0, log=None)
     assert result.stopped_early and result.epochs_done == 2 and result.global_step == 16
     assert [epoch for epoch, _ in seen] == [0, 1]
     assert seen[0][1] == sorted(["loss", "ctr_loss", "watch_loss", "val_loss", "val_ctr_loss", "val_ctr_auc",
                                  "val_watch_loss", "val_watch_rmse"])
     assert len(result.history["val_ctr_auc"]) == 2
+    with open(csv_path) as f:
+        rows = f.read().strip().splitlines()
+    assert len(rows) == 3 and "val_ctr_auc" in rows[0]
+    assert float(rows[2].split(",")[rows[0].split(",").index("val_ctr_auc")]) == pytest.approx(
+        result.history["val_ctr_auc"][1], rel=1e-6)
 
 
-def test_progress_output(capsys):
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_progress_output(capsys, verbose):
     features, labels = make_data(128)
     dataset_fn = training.in_memory_dataset_fn(features, labels, 64)
     lines = []
-    training.fit(model_fn(), dataset_fn, TASKS, validation_dataset_fn=dataset_fn, epochs=2, verbose=2, log=lines.append)
+    result = training.fit(model_fn(), dataset_fn, TASKS, validation_dataset_fn=dataset_fn, epochs=2,
+                          verbose=verbose, log=lines.append)
     out = capsys.readouterr().out
     assert lines[0] == "strategy none: 1 replica(s) in sync"
     assert "Epoch 1/2" in out and "Epoch 2/2" in out
     assert out.count("2/2") >= 2 and "val_ctr_auc" in out and "watch_loss" in out
+    # The bar shows the epoch's mean loss as computed (not an average of running means).
+    assert f"loss: {result.history['loss'][-1]:.4f}" in out
 
 
 class Crash(keras.callbacks.Callback):

@@ -6,7 +6,6 @@ only the chief's copy is kept, in ``checkpoint_dir``, which every worker must be
 """
 
 import os
-import shutil
 from typing import Optional
 
 import tensorflow as tf
@@ -37,7 +36,8 @@ class TrainingCheckpoint:
     """The state that a restarted run continues from: weights, optimizer slots and its :class:`Progress`.
 
     Args:
-        checkpoint_dir: directory of the chief's checkpoints (created if needed).
+        checkpoint_dir: directory of the chief's checkpoints (created if needed); a local path or
+            any file system TensorFlow reads (``gs://...``).
         model, optimizer: the Keras model and optimizer (built, so restoring is immediate).
         progress: the run's :class:`Progress`.
         is_chief: whether this process keeps its checkpoints.
@@ -47,7 +47,8 @@ class TrainingCheckpoint:
 
     def __init__(self, checkpoint_dir: str, model, optimizer, progress: Progress, *, is_chief: bool = True,
                  task_name: str = "worker", max_to_keep: int = 2):
-        self.checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
+        checkpoint_dir = os.fspath(checkpoint_dir)
+        self.checkpoint_dir = checkpoint_dir if "://" in checkpoint_dir else os.path.abspath(checkpoint_dir)
         self.is_chief = is_chief
         self.progress = progress
         self.checkpoint = tf.train.Checkpoint(
@@ -80,7 +81,8 @@ class TrainingCheckpoint:
         """Saves the current state; returns the chief's checkpoint path (None on other workers)."""
         path = self.manager.save(checkpoint_number=int(self.progress.global_step.numpy()))
         if not self.is_chief:
-            shutil.rmtree(self.write_dir, ignore_errors=True)
+            if tf.io.gfile.exists(self.write_dir):
+                tf.io.gfile.rmtree(self.write_dir)
             return None
         return path
 

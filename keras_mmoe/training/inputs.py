@@ -39,12 +39,20 @@ def in_memory_dataset_fn(features: Mapping[str, np.ndarray], labels: Mapping[str
         raise ValueError(f"features and labels must have the same number of rows, received row counts {sorted(rows)}")
     num_rows = rows.pop()
 
+    tensors = (
+        {k: tf.convert_to_tensor(v) for k, v in features.items()},
+        {k: tf.convert_to_tensor(v) for k, v in labels.items()},
+    )
+
+    def take_rows(rows):
+        return tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors)
+
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        # Row numbers are sharded, shuffled and batched; each batch of rows is gathered at once.
+        rows = tf.data.Dataset.range(num_rows).shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         if shuffle:
-            dataset = dataset.shuffle(max(1, min(num_rows, 100_000)), seed=seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch_size).prefetch(2)
+            rows = rows.shuffle(max(1, min(num_rows, 1_000_000)), seed=seed, reshuffle_each_iteration=True)
+        return rows.batch(batch_size).map(take_rows, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
     return dataset_fn

@@ -162,22 +162,20 @@ class _Trainer:
             loss = tf.math.divide_no_nan(data_loss, global_count) + regularization / self.strategy.num_replicas_in_sync
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return {"count": count, "regularization": tf.convert_to_tensor(regularization, tf.float32) * count, **sums}
+        # Packed in one tensor, in the order of _EpochLogs.keys: one collective to sum them.
+        regularization = tf.convert_to_tensor(regularization, tf.float32)
+        return tf.stack([count, regularization * count, *(sums[name] for name in self.tasks)])
 
-    def _reduce(self, per_replica):
-        """Sums the replicas' step outputs, packed in one tensor (one collective per step)."""
-        keys = ["count", "regularization", *self.tasks]
-        packed = self.strategy.run(lambda out: tf.stack([out[k] for k in keys]), args=(per_replica,))
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
-        return {k: total[i] for i, k in enumerate(keys)}
-
-    def _train_step(self, batch):
+    def _train_step(self, batch, sums):
+        """One step; returns ``sums`` plus the step's summed losses and row count."""
         features, labels = _split(batch)
-        return self._reduce(self.strategy.run(self._replica_train_step, args=(features, labels)))
+        totals = self.strategy.run(self._replica_train_step, args=(features, labels))
+        return sums + self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
 
     def _ps_train_step(self, iterator):
         features, labels = _split(next(iterator))
-        return self._reduce(self.strategy.run(self._replica_train_step, args=(features, labels)))
+        totals = self.strategy.run(self._replica_train_step, args=(features, labels))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -211,7 +209,8 @@ class _Trainer:
 class _ProgressLogger(keras.callbacks.Callback):
     """Keras's ``Progbar`` per epoch (verbose 1: updated every step; 2: one line at the epoch's end).
 
-    The number of steps of an epoch is ``steps_per_epoch``, else learned from the first epoch.
+    The number of steps of an epoch is ``steps_per_epoch``, else learned from the first epoch;
+    the loop sets ``seen`` (the epoch's steps) before ``on_epoch_end``.
     """
 
     def __init__(self, verbose, epochs, steps, log_names):
@@ -226,9 +225,8 @@ class _ProgressLogger(keras.callbacks.Callback):
         self.seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.seen = batch + 1
         if self.verbose == 1:
-            self.progbar.update(self.seen, [(k, float(v)) for k, v in (logs or {}).items()])
+            self.progbar.update(batch + 1, [(k, float(v)) for k, v in (logs or {}).items()])
 
     def on_epoch_end(self, epoch, logs=None):
         if self.steps is None:
@@ -238,36 +236,44 @@ class _ProgressLogger(keras.callbacks.Callback):
 
 
 class _EpochLogs:
-    """Running sums of one epoch's step outputs -> Keras-style logs (``loss``, ``<task>_loss``).
+    """Running sums of one epoch's steps -> Keras-style logs (``loss``, ``<task>_loss``).
 
-    The sums stay tensors during the epoch (no wait for each step's result, so steps are
-    dispatched ahead); :meth:`logs` gives tensors, :meth:`final_logs` Python floats.
+    ``sums`` is one vector (rows, regularization x rows, then each task's summed loss): the step
+    function adds to it on the device, so the loop never waits for a step's result.
     """
 
     def __init__(self, tasks, loss_weights):
         self.tasks, self.loss_weights = tasks, loss_weights
-        self.sums = {}
+        self.sums = tf.zeros([2 + len(tasks)], tf.float32)
 
-    def add(self, step_output):
-        for key, value in step_output.items():
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
+    def add(self, totals):
+        self.sums = self.sums + totals
 
-    def logs(self):
-        if not self.sums:
-            return {}
-        count = self.sums["count"]
-        logs = {f"{name}_loss": tf.math.divide_no_nan(self.sums[name], count) for name in self.tasks}
-        logs["loss"] = tf.math.divide_no_nan(self.sums["regularization"], count) + tf.add_n(
+    def logs(self, sums=None):
+        sums = self.sums if sums is None else sums
+        count = sums[0]
+        logs = {f"{name}_loss": tf.math.divide_no_nan(sums[2 + i], count) for i, name in enumerate(self.tasks)}
+        logs["loss"] = tf.math.divide_no_nan(sums[1], count) + tf.add_n(
             [self.loss_weights[name] * logs[f"{name}_loss"] for name in self.tasks]
         )
         return logs
 
     def final_logs(self):
-        return {key: float(value) for key, value in self.logs().items()}
+        """Python floats (waits for the last step); empty when the epoch had no rows."""
+        sums = self.sums.numpy()
+        return {key: float(value) for key, value in self.logs(sums).items()} if sums[0] else {}
 
     @property
     def count(self):
-        return float(self.sums["count"]) if self.sums else 0.0
+        return float(self.sums[0])
+
+
+def _has_batch_hooks(callback):
+    base = keras.callbacks.Callback
+    return any(
+        getattr(type(callback), name) is not getattr(base, name)
+        for name in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+    )
 
 
 def _skip(dataset_fn, steps, repeat=False):
@@ -405,6 +411,8 @@ def fit(
     callback_list = keras.callbacks.CallbackList(
         [history, *progress, *callbacks], model=model, verbose=verbose, epochs=epochs, steps=steps_per_epoch
     )
+    # Batch-level calls (and their logs, which wait for each step) only when a callback uses them.
+    batch_hooks = verbose == 1 or any(_has_batch_hooks(callback) for callback in callbacks)
     model.stop_training = False
     per_worker_iterator = None
     if distribution.coordinator is not None:
@@ -425,12 +433,16 @@ def fit(
             counters.global_step.assign(global_step)
             checkpoint.save()
 
-    def end_step(step_output, epoch_logs, batch_index):
+    def begin_step(batch_index):
+        if batch_hooks:
+            callback_list.on_train_batch_begin(batch_index)
+
+    def end_step(epoch_logs, batch_index):
         nonlocal step_in_epoch, global_step
-        epoch_logs.add(step_output)
         step_in_epoch += 1
         global_step += 1
-        callback_list.on_train_batch_end(batch_index, epoch_logs.logs())
+        if batch_hooks:
+            callback_list.on_train_batch_end(batch_index, epoch_logs.logs())
         if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
             save_checkpoint()
 
@@ -450,31 +462,36 @@ def fit(
                 chunk = min(remaining, _PS_CHUNK, checkpoint_every_steps or _PS_CHUNK)
                 results = []
                 for i in range(chunk):
-                    callback_list.on_train_batch_begin(done + i)
+                    begin_step(done + i)
                     results.append(distribution.coordinator.schedule(trainer.ps_train_step, args=(per_worker_iterator,)))
                 distribution.coordinator.join()
                 for i, result in enumerate(results):
-                    end_step(result.fetch(), epoch_logs, done + i)
+                    epoch_logs.add(result.fetch())
+                    end_step(epoch_logs, done + i)
                 done += chunk
                 remaining -= chunk
         elif steps_per_epoch is not None:
             if repeated_iterator is None:
                 repeated_iterator = iter(strategy.distribute_datasets_from_function(_skip(train_dataset_fn, done, repeat=True)))
             for index in range(done, steps_per_epoch):
-                callback_list.on_train_batch_begin(index)
-                end_step(trainer.train_step(next(repeated_iterator)), epoch_logs, index)
+                begin_step(index)
+                epoch_logs.sums = trainer.train_step(next(repeated_iterator), epoch_logs.sums)
+                end_step(epoch_logs, index)
         else:
             dataset = strategy.distribute_datasets_from_function(_skip(train_dataset_fn, done))
             index = done
             for batch in dataset:
-                callback_list.on_train_batch_begin(index)
-                end_step(trainer.train_step(batch), epoch_logs, index)
+                begin_step(index)
+                epoch_logs.sums = trainer.train_step(batch, epoch_logs.sums)
+                end_step(epoch_logs, index)
                 index += 1
         logs = epoch_logs.final_logs()  # waits for the epoch's last step
         if epoch_logs.count:
             throughput.append(epoch_logs.count / (time.perf_counter() - started))
         if validation_dataset_fn is not None:
             logs.update(trainer.evaluate(validation_dataset_fn))
+        for callback in progress:
+            callback.seen = step_in_epoch
         epoch_index += 1
         step_in_epoch = 0
         save_checkpoint()
