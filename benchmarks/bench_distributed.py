@@ -113,7 +113,7 @@ def main():
     p.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--strategy", default="none", help=argparse.SUPPRESS)
     p.add_argument("--devices", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--rows", type=int, default=32768, help="synthetic training rows (default 32768)")
+    p.add_argument("--rows", type=int, default=131072, help="synthetic training rows (default 131072)")
     p.add_argument("--dim", type=int, default=100, help="input dimension (default 100)")
     p.add_argument("--batch-size", type=int, default=1024, help="global batch (default 1024)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not counted (default 4)")

@@ -312,8 +312,12 @@ def test_fit_argument_errors(tmp_path):
         fit(model_fn(), dataset_fn, TASKS, distribution=parameter_server)
 
 
-def test_mixed_float16_is_refused():
-    features, labels = make_data(64)
+def test_mixed_precision_bfloat16_trains_float16_is_refused():
+    features, labels = make_data(256)
+    dataset_fn = training.in_memory_dataset_fn(features, labels, 64)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    result = training.fit(model_fn(), dataset_fn, TASKS, epochs=3, learning_rate=0.02, verbose=0, log=None)
+    assert np.all(np.isfinite(result.history["loss"])) and result.history["loss"][-1] < result.history["loss"][0]
     keras.mixed_precision.set_global_policy("mixed_float16")
     with pytest.raises(ValueError, match=r"mixed_float16 needs.*'mixed_bfloat16'"):
-        training.fit(model_fn(), training.in_memory_dataset_fn(features, labels, 32), TASKS, log=None)
+        training.fit(model_fn(), dataset_fn, TASKS, log=None)

@@ -79,20 +79,23 @@ def _make_optimizer(optimizer, learning_rate):
     return optimizer
 
 
-def _check_model(model, tasks):
+def _check_model(model):
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model_fn` must return a keras.Model, received: {type(model).__name__}")
-    names = getattr(model, "output_names", None) or []
-    if isinstance(model.outputs, dict):
-        names = list(model.outputs)
-    missing = [t for t in tasks if t not in names]
-    if missing:
-        raise ValueError(f"the model has no output for task(s) {missing}; its outputs are {list(names)}")
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
+    policies = {keras.mixed_precision.global_policy().name, getattr(model.dtype_policy, "name", None)}
+    if "mixed_float16" in policies:
         raise ValueError(
             "the training loop does not scale losses, which mixed_float16 needs; use the 'mixed_bfloat16' "
             "or 'float32' policy"
         )
+
+
+def _check_outputs(outputs, tasks):
+    if not isinstance(outputs, Mapping):
+        raise ValueError(f"the model must return a dict with one output per task; it returned a {type(outputs).__name__}")
+    missing = [t for t in tasks if t not in outputs]
+    if missing:
+        raise ValueError(f"the model has no output for task(s) {missing}; its outputs are {sorted(outputs)}")
 
 
 def _check_labels(labels, tasks):
@@ -136,21 +139,22 @@ class _Trainer:
                     self.val_metrics[f"{name}_auc"] = keras.metrics.AUC(name=f"val_{name}_auc")
                 else:
                     self.val_metrics[f"{name}_rmse"] = keras.metrics.RootMeanSquaredError(name=f"val_{name}_rmse")
-        self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
-        self.ps_train_step = tf.function(self._ps_train_step)
+        # No autograph: the steps have no tensor-dependent Python control flow, and a ValueError
+        # raised while tracing (a missing label or output) then reaches the caller as it is.
+        self.train_step = tf.function(self._train_step, reduce_retracing=True, autograph=False)
+        self.eval_step = tf.function(self._eval_step, reduce_retracing=True, autograph=False)
+        self.ps_train_step = tf.function(self._ps_train_step, autograph=False)
 
     # -- training ---------------------------------------------------------------------------------
 
     def _replica_train_step(self, features, labels):
-        _check_labels(labels, self.tasks)
-        context = tf.distribute.get_replica_context()
-        first = labels[next(iter(self.tasks))]
-        count = tf.cast(tf.shape(first)[0], tf.float32)
-        global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             outputs = self.model(features, training=True)
+            _check_outputs(outputs, self.tasks)
+            _check_labels(labels, self.tasks)
+            count = tf.cast(tf.shape(labels[next(iter(self.tasks))])[0], tf.float32)
+            global_count = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
             sums = {
                 name: tf.reduce_sum(tf.cast(loss(labels[name], outputs[name]), tf.float32))
                 for name, loss in self.losses.items()
@@ -162,26 +166,26 @@ class _Trainer:
             loss = tf.math.divide_no_nan(data_loss, global_count) + regularization / self.strategy.num_replicas_in_sync
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        # Packed in one tensor, in the order of _EpochLogs.keys: one collective to sum them.
+        # Packed in one tensor (the layout of _EpochLogs.sums): one collective sums them.
         regularization = tf.convert_to_tensor(regularization, tf.float32)
         return tf.stack([count, regularization * count, *(sums[name] for name in self.tasks)])
 
-    def _train_step(self, batch, sums):
-        """One step; returns ``sums`` plus the step's summed losses and row count."""
-        features, labels = _split(batch)
-        totals = self.strategy.run(self._replica_train_step, args=(features, labels))
-        return sums + self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
-
     def _ps_train_step(self, iterator):
+        """One step on the next batch of ``iterator``; returns the summed losses and row count."""
         features, labels = _split(next(iterator))
         totals = self.strategy.run(self._replica_train_step, args=(features, labels))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
 
+    def _train_step(self, iterator, sums):
+        """The same, added to ``sums`` on the device (the loop need not wait for the step)."""
+        return sums + self._ps_train_step(iterator)
+
     # -- validation -------------------------------------------------------------------------------
 
     def _replica_eval_step(self, features, labels):
-        _check_labels(labels, self.tasks)
         outputs = self.model(features, training=False)
+        _check_outputs(outputs, self.tasks)
+        _check_labels(labels, self.tasks)
         for name, kind in self.tasks.items():
             y, p = labels[name], outputs[name]
             self.val_metrics[f"{name}_loss"].update_state(self.losses[name](y, p))
@@ -385,7 +389,7 @@ def fit(
     strategy = distribution.strategy
     with distribution.scope():
         model = model_fn()
-        _check_model(model, tasks)
+        _check_model(model)
         optimizer = _make_optimizer(optimizer, learning_rate)
         optimizer.build(model.trainable_variables)
     trainer = _Trainer(distribution, model, optimizer, tasks, loss_weights)
@@ -475,14 +479,17 @@ def fit(
                 repeated_iterator = iter(strategy.distribute_datasets_from_function(_skip(train_dataset_fn, done, repeat=True)))
             for index in range(done, steps_per_epoch):
                 begin_step(index)
-                epoch_logs.sums = trainer.train_step(next(repeated_iterator), epoch_logs.sums)
+                epoch_logs.sums = trainer.train_step(repeated_iterator, epoch_logs.sums)
                 end_step(epoch_logs, index)
         else:
-            dataset = strategy.distribute_datasets_from_function(_skip(train_dataset_fn, done))
+            iterator = iter(strategy.distribute_datasets_from_function(_skip(train_dataset_fn, done)))
             index = done
-            for batch in dataset:
+            while True:
                 begin_step(index)
-                epoch_logs.sums = trainer.train_step(batch, epoch_logs.sums)
+                try:
+                    epoch_logs.sums = trainer.train_step(iterator, epoch_logs.sums)
+                except (StopIteration, tf.errors.OutOfRangeError):
+                    break  # the end of the epoch's data
                 end_step(epoch_logs, index)
                 index += 1
         logs = epoch_logs.final_logs()  # waits for the epoch's last step
