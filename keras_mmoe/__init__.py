@@ -2,36 +2,58 @@
 
 The same classes run under Keras 3 (default) and tf-keras (``TF_USE_LEGACY_KERAS=1``);
 see :mod:`keras_mmoe._keras`. Importing the package registers every layer, so saved
-models load without ``custom_objects``.
+models load without ``custom_objects``; the subpackages ``data``, ``diagnostics``, ``features``,
+``models``, ``serving`` and ``weighting`` come with it. TensorFlow's known C++ start-up lines are
+filtered out of stderr while it loads (:mod:`keras_mmoe._startup`; ``KERAS_MMOE_VERBOSE_IMPORT=1``
+shows them). In the ``keras-mmoe`` command the import waits until a command needs TensorFlow,
+so ``keras-mmoe --help`` answers at once.
 """
 
-import os as _os
-import sys as _sys
-
-
-def _quiet_tensorflow_import():
-    """For the ``keras-mmoe`` command only: imports TensorFlow and Keras with file descriptor 2
-    sent to /dev/null, so that the C++ start-up lines (oneDNN, CUDA, absl) do not bury the
-    command's progress lines and one-line errors. Python errors still surface (raised after)."""
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved, devnull = _os.dup(2), _os.open(_os.devnull, _os.O_WRONLY)
-    _sys.stderr.flush()
-    _os.dup2(devnull, 2)
-    try:
-        import keras_mmoe._keras  # noqa: F401  (TensorFlow and Keras)
-    finally:
-        _os.dup2(saved, 2)
-        _os.close(saved)
-        _os.close(devnull)
-
-
-if _sys.argv and _os.path.basename(_sys.argv[0]) == "keras-mmoe" and not _os.environ.get("KERAS_MMOE_VERBOSE_IMPORT"):
-    _quiet_tensorflow_import()
-
-from keras_mmoe._keras import IS_KERAS_3, KERAS_FLAVOR  # noqa: E402
-from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer  # noqa: E402
-from keras_mmoe import diagnostics, models, weighting  # noqa: E402  (public subpackages)
+from keras_mmoe import _startup
 
 __version__ = "0.1.0"
 
-__all__ = ["ExpertBank", "ExpertDropoutGate", "MMoELayer", "IS_KERAS_3", "KERAS_FLAVOR", "__version__"]
+#: Subpackages and modules bound as attributes of the package.
+SUBMODULES = ("data", "diagnostics", "features", "metrics", "models", "saving", "serving", "weighting")
+_LAYERS = ("CGCLayer", "ExpertBank", "ExpertDropoutGate", "MMoELayer", "PLELayer")
+_NAMES = _LAYERS + ("IS_KERAS_3", "KERAS_FLAVOR") + SUBMODULES
+_WITHOUT_TENSORFLOW = ("metrics", "saving")  # modules that import no TensorFlow at import time
+_loaded = False
+
+
+def _load() -> None:
+    """Imports TensorFlow (quietly), Keras and every layer, registering them for ``load_model``,
+    and binds the package's public names. Runs once."""
+    global _loaded
+    if _loaded:
+        return
+    _startup.import_tensorflow()
+    import importlib
+
+    from keras_mmoe import _keras, layers
+
+    namespace = globals()
+    namespace.update(IS_KERAS_3=_keras.IS_KERAS_3, KERAS_FLAVOR=_keras.KERAS_FLAVOR)
+    namespace.update({name: getattr(layers, name) for name in _LAYERS})
+    for name in SUBMODULES:
+        namespace[name] = importlib.import_module(f"keras_mmoe.{name}")
+    _loaded = True
+
+
+if _startup.running_command_line():
+
+    def __getattr__(name: str):
+        if name in _WITHOUT_TENSORFLOW:
+            import importlib
+
+            return importlib.import_module(f"keras_mmoe.{name}")
+        if name in _NAMES:
+            _load()
+            return globals()[name]
+        raise AttributeError(f"module 'keras_mmoe' has no attribute {name!r}")
+
+else:
+    _load()
+
+__all__ = ["ExpertBank", "ExpertDropoutGate", "MMoELayer", "CGCLayer", "PLELayer", "IS_KERAS_3", "KERAS_FLAVOR",
+           "__version__"]

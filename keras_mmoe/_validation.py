@@ -15,6 +15,12 @@ def check_positive_int(name, value):
     return value
 
 
+def check_non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, received: {name}={value!r}")
+    return value
+
+
 def check_units(name, value):
     """An int or a non-empty sequence of positive ints, returned as a tuple."""
     units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -63,6 +69,20 @@ def check_seed(name, value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValueError(f"`{name}` must be None or a non-negative integer, received: {name}={value!r}")
     return value
+
+
+def check_positive_float(name, value):
+    """A finite float > 0 (learning rates, scales)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a float > 0, received: {name}={value!r}")
+    return float(value)
+
+
+def check_correlation(name, value):
+    """A float in [-1, 1] (task correlations)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` must be a float in [-1, 1], received: {name}={value!r}")
+    return float(value)
 
 
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

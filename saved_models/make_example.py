@@ -3,10 +3,12 @@
     python saved_models/make_example.py
 
 Runs ``keras-mmoe train --name example_mmoe --out-dir saved_models --epochs 2 --samples 4000
---num-experts 4 --expert-units 8 --seed 7`` (export version 1; delete saved_models/example_mmoe
-first to regenerate it) and writes ``example_mmoe/golden.json``: three held-out input rows and
-the Keras model's predictions for them. tests/test_example_export.py checks the committed export
-against it in a process that never imports keras_mmoe.
+--num-experts 4 --expert-units 8 --seed 7`` (as ``python -m keras_mmoe.cli.main``, so the
+keras_mmoe on ``sys.path`` makes it; export version 1; delete saved_models/example_mmoe,
+example_mmoe.keras and example_mmoe.json first to regenerate it) and writes
+``example_mmoe/golden.json``: three held-out input rows and the Keras model's predictions for
+them. tests/test_example_export.py checks the committed export against it in a process that
+never imports keras_mmoe, and checks that NaN and inf inputs are rejected.
 """
 
 import json
@@ -20,8 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main():
     base = os.path.join(HERE, "example_mmoe")
     if not os.path.isdir(os.path.join(base, "1")):
-        subprocess.run(["keras-mmoe", "train", "--name", "example_mmoe", "--out-dir", HERE, "--epochs", "2",
-                        "--samples", "4000", "--num-experts", "4", "--expert-units", "8", "--seed", "7"], check=True)
+        subprocess.run([sys.executable, "-m", "keras_mmoe.cli.main", "train", "--name", "example_mmoe",
+                        "--out-dir", HERE, "--epochs", "2", "--samples", "4000", "--num-experts", "4",
+                        "--expert-units", "8", "--seed", "7"], check=True)
     from keras_mmoe._keras import keras
     from keras_mmoe.data import make_synthetic
 

@@ -92,6 +92,14 @@ for case in config["cases"]:
         batch, kind, name = item.split("/")
         batches.setdefault(batch, {}).setdefault(kind, {})[name] = data[item]
 
+    def expect_error(label, run):
+        # Batches named bad-... must fail: keep the error message (or NO ERROR).
+        try:
+            run()
+            messages[label] = "NO ERROR"
+        except Exception as error:
+            messages[label] = f"{type(error).__name__}: {error}"
+
     # (a) TF2 loader, every signature.
     loaded = tf.saved_model.load(path)
     for batch, kinds in batches.items():
@@ -99,7 +107,11 @@ for case in config["cases"]:
             if feed is None:
                 continue
             fn = loaded.signatures[sig_name]
-            store(f"{key}/tf2/{sig_name}/{batch}", {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in feed.items()}).items()})
+            run = lambda: fn(**{k: tf.constant(v) for k, v in feed.items()})
+            if batch.startswith("bad-"):
+                expect_error(f"{key}/tf2/{sig_name}/{batch}", run)
+                continue
+            store(f"{key}/tf2/{sig_name}/{batch}", {k: v.numpy() for k, v in run().items()})
 
     # (b) TF1 session loader, feeding and fetching the signatures' tensor names.
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
@@ -112,8 +124,11 @@ for case in config["cases"]:
                 assert sig.method_name == "tensorflow/serving/predict", sig.method_name
                 assert set(sig.inputs) == set(feed), (sorted(sig.inputs), sorted(feed))
                 fetches = {k: v.name for k, v in sig.outputs.items()}
-                out = sess.run(fetches, {sig.inputs[k].name: v for k, v in feed.items()})
-                store(f"{key}/tf1/{sig_name}/{batch}", out)
+                run = lambda: sess.run(fetches, {sig.inputs[k].name: v for k, v in feed.items()})
+                if batch.startswith("bad-"):
+                    expect_error(f"{key}/tf1/{sig_name}/{batch}", run)
+                    continue
+                store(f"{key}/tf1/{sig_name}/{batch}", run())
         if "predict_examples" in meta_graph.signature_def:
             # Feed through a callable, as TF Serving's C++ session does: no client-side shape check.
             from tensorflow.core.protobuf import config_pb2
@@ -121,7 +136,8 @@ for case in config["cases"]:
             options = config_pb2.CallableOptions(feed=[sig.inputs["examples"].name],
                                                  fetch=[v.name for v in sig.outputs.values()])
             run = sess._make_callable_from_options(options)
-            one_d = max((b["examples"]["examples"] for b in batches.values() if "examples" in b), key=len)
+            one_d = max((b["examples"]["examples"] for n, b in batches.items() if "examples" in b
+                         and not n.startswith("bad-")), key=len)
             messages[f"{key}/tf1_callable_1d_rows"] = int(run(one_d)[0].shape[0])
             for label, bad in (("2d", one_d.reshape(-1, 1)), ("scalar", one_d[0])):
                 try:
@@ -165,7 +181,9 @@ json.dump(messages, open(config["messages"], "w"))
 def verify_in_subprocess(cases, work_dir):
     """Runs :data:`VERIFY_SCRIPT` on ``cases`` (dicts: key, path, batches) in a fresh process.
 
-    ``batches`` maps a batch name to ``{"raw": {name: array}, "examples": 1-D bytes array or None}``.
+    ``batches`` maps a batch name to ``{"raw": {name: array}, "examples": 1-D bytes array or None}``;
+    a batch named ``bad-...`` must fail, and its error is kept in the messages under
+    ``<key>/<tf1|tf2>/<signature>/<batch>`` ("NO ERROR" if it did not fail).
     Returns ``(results, messages)``: the .npz outputs keyed ``<key>/<tf1|tf2>/<signature>/<batch>/<output>``
     (and ``<key>/warmup/<i>/<signature>/<output>``), and the JSON messages.
     """

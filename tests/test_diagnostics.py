@@ -3,6 +3,7 @@ reference, the callback's History keys and TensorBoard events, and the plots."""
 
 import glob
 import math
+import os
 import struct
 import sys
 
@@ -23,6 +24,7 @@ from keras_mmoe.diagnostics import (
     plot_utilization_over_epochs,
 )
 from keras_mmoe.layers import MMoELayer
+from keras_mmoe.layers.gating import record_call
 from keras_mmoe.models import build_mmoe, build_omoe, compile_kwargs
 
 LOG2 = math.log(2.0)
@@ -249,6 +251,108 @@ def test_nested_model_and_layer_selection(rng):
     no_mmoe = keras.Model(outer_in, hidden)
     with pytest.raises(ValueError, match="holds no MMoELayer"):
         build_gate_probe(no_mmoe)
+
+
+def test_mmoe_layer_gate_weights_match_numpy(rng):
+    x = rng.normal(size=(6, 4)).astype("float32")
+    g = rng.normal(size=(6, 2)).astype("float32")
+    for shared in (False, True):
+        layer = MMoELayer(3, 5, task_names=["a", "b", "c"], shared_gate=shared, expert_dropout_rate=0.5, seed=4)
+        with pytest.raises(ValueError, match="not built yet"):
+            layer.gate_weights(x)
+        layer(x, gate_inputs=g)
+        w = np.asarray(layer.gate_weights(x, gate_inputs=g))  # inference: expert dropout (0.5) is off
+        assert w.shape == (6, 3, 3)
+        np.testing.assert_allclose(w, _reference_gates(layer, g), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(layer.gate_weights(x, g)), w)
+    layer = MMoELayer(2, 3, num_tasks=2, seed=0)
+    layer(x)
+    np.testing.assert_allclose(np.asarray(layer.gate_weights(x)), _reference_gates(layer, x), atol=1e-6)
+    with pytest.raises(ValueError, match="rank 2"):
+        layer.gate_weights(x[:, :, None])
+
+
+def test_gate_input_by_position_and_a_subclassed_model(rng):
+    x = rng.normal(size=(5, 4)).astype("float32")
+    g = rng.normal(size=(5, 2)).astype("float32")
+    xi, gi = keras.Input((4,), name="x"), keras.Input((2,), name="g")
+    layer = MMoELayer(3, 3, task_names=["a", "b"], seed=5, name="mmoe")
+    a, b = layer(xi, gi)  # gate input by position
+    model = keras.Model([xi, gi], [keras.layers.Dense(1, name="a")(a), keras.layers.Dense(1, name="b")(b)])
+    np.testing.assert_allclose(gate_weights_from_model(model, [x, g]), _reference_gates(layer, g), atol=1e-5)
+
+    class Ranker(keras.Model):  # a subclassed model: no graph to walk, the layer is found while it runs
+        def __init__(self):
+            super().__init__()
+            self.bottom = keras.layers.Dense(4, name="bottom")
+            self.mixture = MMoELayer(2, 3, task_names=["a", "b"], seed=6, name="mixture")
+
+        def call(self, inputs):
+            return self.mixture(self.bottom(inputs), gate_inputs=inputs)
+
+    ranker = Ranker()
+    ranker(x)
+    w = gate_weights_from_model(ranker, x, batch_size=2)
+    np.testing.assert_allclose(w, _reference_gates(ranker.mixture, x), atol=1e-5)
+    assert diagnose(ranker, x).layer_name == "mixture"
+
+
+class _DuckGate(keras.layers.Layer):
+    """A stand-in for another gated layer (PLE/CGC): a ``gate_weights`` method and :func:`record_call`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.task_names = ["p", "q"]
+        self.num_tasks = 2
+
+    def __call__(self, inputs, *args, **kwargs):
+        record_call(self, (inputs,) + args, kwargs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def gate_weights(self, inputs):
+        z = tf.stack([inputs[:, :3], -inputs[:, :3]], axis=1)  # (batch, 2 tasks, 3 experts)
+        return tf.nn.softmax(z, axis=-1)
+
+    def call(self, inputs):
+        return [inputs, inputs]
+
+
+def test_any_layer_with_gate_weights_and_record_call_is_read_the_same_way(rng):
+    x = rng.normal(size=(4, 3)).astype("float32")
+    inputs = keras.Input((3,), name="x")
+    p, q = _DuckGate(name="cgc")(keras.layers.Dense(3, name="bottom")(inputs))
+    model = keras.Model(inputs, {"p": keras.layers.Dense(1, name="p")(p), "q": keras.layers.Dense(1, name="q")(q)})
+    assert [path for path, _ in find_mmoe_layers(model)] == ["cgc"]
+    kernel, bias = (np.asarray(v) for v in model.get_layer("bottom").weights)
+    h = x @ kernel + bias
+    np.testing.assert_allclose(gate_weights_from_model(model, x), np.stack([_softmax(h), _softmax(-h)], axis=1),
+                               atol=1e-5)
+
+
+def test_cgc_and_ple_are_found_and_refused_with_a_clear_message(rng):
+    """Their per-task gates also weigh task-specific experts, so expert-wise statistics do not apply yet."""
+    from keras_mmoe.models import build_cgc, build_ple
+
+    x = {"features": rng.normal(size=(4, 3)).astype("float32")}
+    for builder, name in ((build_cgc, "cgc"), (build_ple, "ple")):
+        model = builder(3, ["a", "b"], num_shared_experts=2, num_task_experts=1, expert_units=2, seed=0)
+        assert [path for path, _ in find_mmoe_layers(model)] == [name]
+        with pytest.raises(ValueError, match=f"gives each task its own experts too.*get_layer\\('{name}'\\)"):
+            diagnose(model, x)
+
+
+def test_no_private_keras_graph_api_is_used():
+    """Serving, diagnostics and the gating helper read gate weights with public Keras APIs only."""
+    import keras_mmoe
+    root = os.path.dirname(keras_mmoe.__file__)
+    files = glob.glob(os.path.join(root, "serving", "*.py")) + glob.glob(os.path.join(root, "diagnostics", "*.py"))
+    files.append(os.path.join(root, "layers", "gating.py"))
+    private = ("_inbound_nodes", "_outbound_nodes", "_network_nodes", "._nodes", "_keras_history", "_ib-",
+               "node.arguments", ".call_args", ".call_kwargs")
+    for path in files:
+        text = open(path, encoding="utf-8").read()
+        for name in private:
+            assert name not in text, (path, name)
 
 
 # ---------------------------------------------------------------- callback

@@ -64,14 +64,15 @@ def test_parse_setting_errors_name_the_value(text, message):
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--rates", "1.0"], "--rates must be in [0, 1), received 1.0"),
-     (["--seeds", "0"], "--seeds must be >= 1, received 0"),
-     (["--settings", "fast:8"], "LEARNING_RATE:NUM_EXPERTS")],
+    [(["--rates", "1.0"], "argument --rates: must be a float in [0, 1), received 1.0"),
+     (["--seeds", "0"], "argument --seeds: must be a positive integer, received 0"),
+     (["--settings", "fast:8"], "argument --settings: `--settings` entries must look like LEARNING_RATE:NUM_EXPERTS")],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path):
-    code = main(["reproduce", "polarization", "--out-dir", str(tmp_path), *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "polarization", "--out-dir", str(tmp_path), *argv])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and message in err[0]
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
 
 
 def test_quick_study_writes_tables_and_plots(tmp_path, capsys):
@@ -90,7 +91,8 @@ def test_quick_study_writes_tables_and_plots(tmp_path, capsys):
             assert stats["polarized"] == (stats["max_weight_fraction"] > 0.5)
     assert [r["runs"] for r in record["summary"]] == [2, 2]
     markdown = (out / "polarization.md").read_text()
-    assert markdown.startswith("| learning rate |") and "Command: `keras-mmoe reproduce polarization" in markdown
+    assert markdown.startswith("| learning rate |")
+    assert "Command: `keras-mmoe reproduce polarization --settings 0.05:4 --quick`" in markdown
     for png in ("polarization_rates.png", "polarization_max_weight.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -1,5 +1,6 @@
 """`keras-mmoe reproduce census|synthetic`: tables, plots, paper numbers, errors, the census export."""
 
+import importlib
 import json
 import os
 import re
@@ -86,12 +87,17 @@ def test_synthetic_summary_increase_is_mean_difference():
     assert "+0.3000" in synthetic.to_markdown({"mmoe": entry})
 
 
-def test_quick_census_run_writes_tables_and_an_export_that_serves_raw_features(tmp_path):
+def test_quick_census_run_writes_tables_and_an_export_that_serves_raw_features(tmp_path, capsys):
     out, export = tmp_path / "out", tmp_path / "export"
     code = main(["reproduce", "census", "--quick", "--group", "2", "--models", "mmoe", "shared_bottom",
-                 "--data-dir", CENSUS_SAMPLE_DIR, "--out-dir", str(out), "--export-dir", str(export)])
+                 "--data-seed", "3", "--data-dir", CENSUS_SAMPLE_DIR, "--out-dir", str(out),
+                 "--export-dir", str(export)])
     assert code == 0
     record = json.loads((out / "census_group2.json").read_text())
+    # a portable command: what changes the results, no path of this machine
+    assert record["command"] == "keras-mmoe reproduce census --group 2 --models mmoe shared_bottom --data-seed 3 --quick"
+    assert record["settings"]["data_seed"] == 3 and record["settings"]["max_rows"] == 3000
+    assert record["export_version"] == 1 and "export" not in record
     assert record["task_names"] == ["education", "marital"]
     assert [r["model"] for r in record["runs"]] == ["mmoe", "shared_bottom"]
     for run in record["runs"]:
@@ -122,6 +128,17 @@ print(json.dumps({{k: v.numpy().ravel().tolist() for k, v in out.items()}}))
     for values in (outputs["education"], outputs["marital"]):
         assert len(values) == 3 and all(0.0 < v < 1.0 for v in values)
 
+    # evaluate scores the export on the split it was trained with (data seed 3, from its record);
+    # before, `evaluate --data census` had no data seed and scored another split.
+    scored = tmp_path / "scored.json"
+    capsys.readouterr()
+    assert main(["evaluate", str(export / "1"), "--data-dir", CENSUS_SAMPLE_DIR, "--json", str(scored)]) == 0
+    result = json.loads(scored.read_text())
+    assert result["data"] == {"source": "census", "group": 2, "data_seed": 3, "max_rows": 3000}
+    assert result["rows"] == record["runs"][0]["test_rows"]
+    for task in ("education", "marital"):  # the exported MMoE run's own test loss, to float precision
+        assert result["tasks"][task]["loss"] == pytest.approx(record["runs"][0]["test_loss"][task], rel=1e-5)
+
 
 def test_quick_synthetic_run_writes_tables_and_figures(tmp_path):
     out = tmp_path / "out"
@@ -147,19 +164,56 @@ def test_quick_synthetic_run_writes_tables_and_figures(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["census", "--group", "3"], "--group must be 1 or 2, received 3"),
-        (["census", "--runs", "0"], "--runs must be >= 1, received 0"),
-        (["census", "--models", "mmoe", "transformer"], "unknown model(s) ['transformer']"),
-        (["synthetic", "--correlations", "1.5"], "--correlations must be in [-1, 1], received 1.5"),
-        (["synthetic", "--models", "ple"], "unknown model(s) ['ple']"),
-        (["synthetic", "--learning-rate", "0"], "--learning-rate must be > 0"),
+        (["census", "--group", "3"], "argument --group: invalid choice: 3 (choose from 1, 2)"),
+        (["census", "--runs", "0"], "argument --runs: must be a positive integer, received 0"),
+        (["census", "--models", "mmoe", "transformer"], "argument --models: invalid choice: 'transformer'"),
+        (["synthetic", "--correlations", "1.5"], "argument --correlations: must be a float in [-1, 1], received 1.5"),
+        (["synthetic", "--models", "ple"], "argument --models: invalid choice: 'ple'"),
+        (["synthetic", "--learning-rate", "0"], "argument --learning-rate: must be a float > 0"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path):
-    code = main(["reproduce", *argv, "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", *argv, "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
     assert not os.listdir(tmp_path)
+
+
+def test_census_max_rows_floor_is_one_line(capsys, tmp_path):
+    assert main(["reproduce", "census", "--max-rows", "5", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["keras-mmoe reproduce census: error: --max-rows must be at least 10, received 5"]
+
+
+@pytest.mark.parametrize(
+    "study, kwargs, message",
+    [
+        ("census", {"models": ["mmoe", "ple"]}, "`models` must name some of"),
+        ("census", {"runs": 0}, "`runs` must be a positive integer"),
+        ("census", {"group": 3}, "`group` must be 1 (income, marital) or 2"),
+        ("census", {"learning_rate": -1.0}, "`learning_rate` must be a float > 0"),
+        ("synthetic", {"correlations": [0.5, 2.0]}, "`correlations` must be a float in [-1, 1]"),
+        ("synthetic", {"epochs": 0}, "`epochs` must be a positive integer"),
+        ("polarization", {"rates": [0.1, 1.0]}, "`rates` must be a float in [0, 1)"),
+        ("polarization", {"settings": ["0.05"]}, "LEARNING_RATE:NUM_EXPERTS"),
+    ],
+)
+def test_studies_are_plain_functions_that_check_their_settings_first(study, kwargs, message):
+    """Settings in, record out: a bad setting is a ValueError naming it, before any work (the
+    progress callback is never called)."""
+    module = importlib.import_module(f"keras_mmoe.reproduce.{study}")
+    said = []
+    with pytest.raises(ValueError) as error:
+        module.study(progress=said.append, **kwargs)
+    assert message in str(error.value) and said == []
+
+
+def test_the_reproduce_modules_build_no_command_line():
+    for study in ("census", "synthetic", "polarization"):
+        module = importlib.import_module(f"keras_mmoe.reproduce.{study}")
+        assert not hasattr(module, "add_arguments") and not hasattr(module, "run")
+        assert callable(module.study) and callable(module.write_outputs)
 
 
 def test_reproduce_without_a_study_prints_help_and_fails(capsys):

@@ -73,13 +73,37 @@ def test_export_errors_are_one_line_and_change_nothing(tmp_path, capsys, keras_f
     assert (sorted(os.listdir(base)), os.path.getmtime(os.path.join(base, "4", "saved_model.pb"))) == before
     code, out, err = run_cli(capsys, "export", str(tmp_path / "missing.keras"), "--to", base)
     assert code == 2 and err.count("\n") == 1 and "model file not found" in err
-    code, out, err = run_cli(capsys, "export", path, "--to", base, "--version", "0")
-    assert code == 2 and "--version must be a positive integer, received 0" in err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(capsys, "export", path, "--to", base, "--version", "0")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --version: must be a positive integer, received 0" in err
     not_a_model = tmp_path / "notes.keras"
     not_a_model.write_text("not a zip")
     code, out, err = run_cli(capsys, "export", str(not_a_model), "--to", base)
-    assert code == 2 and err.count("\n") == 1 and "cannot load" in err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{not_a_model} is not a valid Keras file: a .keras file is a zip archive, this file is not one" in err
+    code, out, err = run_cli(capsys, "export", os.path.join(base, "4"), "--to", base)
+    assert code == 2 and "is already an exported SavedModel" in err
     assert sorted(os.listdir(base)) == ["4"]
+
+
+def test_export_stores_the_models_training_record_in_the_version(tmp_path, capsys, keras_file):
+    """The record beside <name>.keras travels into the version's assets.extra/, so evaluate can
+    score the version on the rows the model held out."""
+    from keras_mmoe.serving import read_metadata
+
+    path, _ = keras_file
+    model = tmp_path / "copy.keras"
+    model.write_bytes(open(path, "rb").read())
+    record = {"data": {"source": "synthetic", "samples": 100, "dim": 5, "correlation": 0.5, "seed": 1}}
+    (tmp_path / "copy.json").write_text(json.dumps(record))
+    code, out, err = run_cli(capsys, "export", str(model), "--to", str(tmp_path / "m"))
+    assert code == 0 and read_metadata(out.strip()) == record
+    (tmp_path / "bad.json").write_text("{")
+    code, out, err = run_cli(capsys, "export", str(model), "--to", str(tmp_path / "m"), "--record",
+                             str(tmp_path / "bad.json"))
+    assert code == 2 and f"{tmp_path / 'bad.json'} is not a training record: not JSON" in err
+    assert sorted(os.listdir(tmp_path / "m")) == ["1"]
 
 
 def test_inspect_errors_and_a_failing_op_check(tmp_path, capsys):
@@ -93,3 +117,14 @@ def test_inspect_errors_and_a_failing_op_check(tmp_path, capsys):
     tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.f})
     code, out, _ = run_cli(capsys, "inspect", str(tmp_path / "1"))
     assert code == 1 and "op check: FAILED" in out and "PyFunc" in out
+
+
+def test_inspect_on_a_corrupt_saved_model_is_one_line(tmp_path, capsys):
+    """Before: a traceback and exit 1 (read as "op check failed")."""
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(np.random.default_rng(0).bytes(600))
+    for target in (version, tmp_path / "m"):
+        code, out, err = run_cli(capsys, "inspect", str(target))
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"{version / 'saved_model.pb'} is not a valid SavedModel" in err

@@ -59,6 +59,16 @@ def mmoe_expected(reference, inputs):
     return expected
 
 
+def non_finite_batches(inputs, name):
+    """``bad-nan``, ``bad-inf``, ``bad-neginf``: ``inputs`` with one non-finite value in feature ``name``."""
+    bad = {}
+    for label, value in (("nan", np.nan), ("inf", np.inf), ("neginf", -np.inf)):
+        batch = {k: v.copy() for k, v in inputs.items()}
+        batch[name][1, 0] = value
+        bad[f"bad-{label}"] = batch
+    return bad
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Both models exported once; their inputs, in-memory predictions, and the subprocess results."""
@@ -72,11 +82,13 @@ def exported(tmp_path_factory):
 
     feature_batches = {"b1": feature_batch(1, seed=1), "b1000": feature_batch(1000, seed=2)}
     mmoe_batches = {"b1": mmoe_batch(1, seed=1), "b1000": mmoe_batch(1000, seed=2)}
+    feature_batches_and_bad = dict(feature_batches, **non_finite_batches(feature_batch(3, seed=4), "numeric"))
+    mmoe_batches_and_bad = dict(mmoe_batches, **non_finite_batches(mmoe_batch(3, seed=4), "g"))
     cases = [
         {"key": "features", "path": feature_dir,
-         "batches": {b: {"raw": v, "examples": make_examples(v)} for b, v in feature_batches.items()}},
+         "batches": {b: {"raw": v, "examples": make_examples(v)} for b, v in feature_batches_and_bad.items()}},
         {"key": "mmoe", "path": mmoe_dir,
-         "batches": {b: {"raw": v, "examples": make_examples(v)} for b, v in mmoe_batches.items()}},
+         "batches": {b: {"raw": v, "examples": make_examples(v)} for b, v in mmoe_batches_and_bad.items()}},
     ]
     work = root / "verify"
     work.mkdir()
@@ -199,6 +211,20 @@ def test_every_op_is_registered_and_none_calls_python(exported):
         assert check.ok, check
         assert check.ops == messages[f"{key}/ops"]
     assert {"ParseExampleV2", "MatMul"} <= set(messages["features/ops"])
+
+
+def test_nan_and_inf_in_a_float_input_are_rejected_naming_the_input(exported):
+    """Measured before this check: NaN and inf in a feature came back as finite predictions."""
+    messages = exported["messages"]
+    for key, name in (("features", "numeric"), ("mmoe", "g")):
+        for loader in ("tf2", "tf1"):
+            for signature in ("serving_default", "predict_examples"):
+                for label, kind in (("nan", "NaN"), ("inf", "Inf"), ("neginf", "Inf")):
+                    message = messages[f"{key}/{loader}/{signature}/bad-{label}"]
+                    assert message.startswith("InvalidArgumentError"), message
+                    assert f"input '{name}' holds NaN or inf" in message, message
+                    assert f"Tensor had {kind} values" in message, message
+    assert "CheckNumerics" in messages["features/ops"]
 
 
 def test_op_check_catches_python_callbacks(tmp_path):

@@ -185,3 +185,64 @@ def test_grpc_client_code_of_the_docs_against_a_prediction_service(served):
     finally:
         server.stop(0)
     assert seen == [("features", "serving_default"), ("features", "predict_examples")]
+
+
+def test_builders_check_values_against_the_exports_signature(served):
+    """With ``export_dir`` a wrong dtype is one line naming the feature and both dtypes, not TF
+    Serving's "input #0(zero-based) was expected to be a float tensor"."""
+    model, path, loaded = served
+    good = feature_batch(3, seed=8)
+    where = f"signature 'serving_default' of {path}"
+    wrong = [
+        (dict(good, count=good["count"] + 0.5), f"Feature 'count': received float64 values, but {where} takes int32 "
+                                                r"\(send integers"),
+        (dict(good, city=np.array([1.0, 2.0, 3.0])),
+         f"Feature 'city': received float64 values, but {where} takes string"),
+        (dict(good, numeric=np.array([["1", "2", "3"]] * 3)), f"Feature 'numeric': received string values, but {where} "
+                                                             r"takes float32 \(send numbers\)"),
+        (dict(good, count=np.array([1, 2, 2**40])), "Feature 'count': received int64 values.*do not fit"),
+        (dict(good, numeric=good["numeric"][:, :2]), r"Feature 'numeric': received rows of shape \(2,\), but .* takes "
+                                                     r"rows of shape \(3,\)"),
+    ]
+    builders = [lambda x: rest_predict_body(x, export_dir=path),
+                lambda x: grpc_predict_request(x, "features", export_dir=path),
+                lambda x: make_examples(x, export_dir=path),
+                lambda x: rest_examples_body(x, export_dir=path),
+                lambda x: grpc_examples_request(x, "features", export_dir=path)]
+    for inputs, message in wrong:
+        for build in builders:
+            with pytest.raises(ValueError, match=message) as info:
+                build(inputs)
+            assert "\n" not in str(info.value)
+    without_segment = {k: v for k, v in good.items() if k != "segment"}
+    with pytest.raises(ValueError, match=r"missing \['segment'\], unknown \[\]"):
+        rest_predict_body(without_segment, export_dir=path)
+    make_examples(without_segment, export_dir=path)  # Example features may be absent (example_defaults)
+    with pytest.raises(ValueError, match=r"missing \[\], unknown \['cty'\]"):
+        make_examples(dict(without_segment, cty=good["city"]), export_dir=path)
+    with pytest.raises(ValueError, match=r"has no signature 'other'; it has \['predict_examples', 'serving_default'\]"):
+        rest_predict_body(good, signature_name="other", export_dir=path)
+
+
+def test_builders_convert_numbers_to_the_signatures_dtypes(served):
+    """float64 and int64 arrays, as NumPy makes them, reach the model as its float32 / int32 inputs."""
+    model, path, loaded = served
+    inputs = feature_batch(4, seed=9)
+    loose = dict(inputs, numeric=inputs["numeric"].astype(np.float64), count=inputs["count"].astype(np.int64))
+    expected = predict(model, inputs)
+    raw = grpc_predict_request(loose, "features")
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)):  # what TF Serving would refuse
+        loaded.signatures["serving_default"](**{k: tf.constant(tf.make_ndarray(v)) for k, v in raw.inputs.items()})
+    request = grpc_predict_request(loose, "features", export_dir=path)
+    assert request.inputs["numeric"].dtype == tf.float32.as_datatype_enum
+    assert request.inputs["count"].dtype == tf.int32.as_datatype_enum
+    feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+    out = loaded.signatures["serving_default"](**feed)
+    for name, value in expected.items():
+        np.testing.assert_allclose(out[name].numpy(), value, atol=1e-5, rtol=0)
+    ints_for_floats = dict(inputs, numeric=np.round(inputs["numeric"] * 10).astype(np.int64))
+    examples = make_examples(ints_for_floats, export_dir=path)  # float_list, as the export parses
+    parsed = tf.io.parse_example(examples, example_feature_spec(model))
+    np.testing.assert_array_equal(parsed["numeric"].numpy(), ints_for_floats["numeric"].astype(np.float32))
+    body = rest_predict_body(ints_for_floats, export_dir=path, format="inputs")
+    assert isinstance(body["inputs"]["numeric"][0][0], float)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
-from keras_mmoe.models import build_mmoe, build_omoe
+from keras_mmoe.models import build_cgc, build_mmoe, build_omoe, build_ple
 from keras_mmoe.serving import example_feature_spec, export_for_serving, input_specs, make_examples
 from serving_models import build_feature_model, feature_batch, predict
 
@@ -29,8 +29,10 @@ def run_signature(path, signature, **feed):
 def gate_models(builder, seed=5):
     keras.utils.set_random_seed(seed)
     x = keras.Input((5,), name="x")
-    reference = builder({"x": x}, TASKS, num_experts=4, expert_units=3, tower_units=(3,),
-                        expert_dropout_rate=0.3, return_gate_weights=True, seed=seed)
+    sizes = (dict(num_experts=4) if builder in (build_mmoe, build_omoe)
+             else dict(num_shared_experts=2, num_task_experts=2))
+    reference = builder({"x": x}, TASKS, expert_units=3, tower_units=(3,),
+                        expert_dropout_rate=0.3, return_gate_weights=True, seed=seed, **sizes)
     tasks_only = keras.Model(reference.input, {t: reference.output[t] for t in TASKS})
     return reference, tasks_only
 
@@ -42,7 +44,7 @@ def expected_with_gates(reference, inputs):
     return expected
 
 
-@pytest.mark.parametrize("builder", [build_mmoe, build_omoe], ids=["mmoe", "omoe"])
+@pytest.mark.parametrize("builder", [build_mmoe, build_omoe, build_cgc, build_ple], ids=["mmoe", "omoe", "cgc", "ple"])
 def test_gate_weights_from_the_layer_and_from_a_model_output(tmp_path, builder):
     reference, tasks_only = gate_models(builder)
     inputs = {"x": np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)}
@@ -117,12 +119,11 @@ def _dense_head(x):
 
 @pytest.mark.filterwarnings("ignore:When providing `inputs` as a dict")
 def test_models_that_cannot_be_served_get_clear_errors(tmp_path):
-    a, b = keras.Input((2,), name="a"), keras.Input((3,), name="b")
+    a, spaced = keras.Input((2,), name="a"), keras.Input((2,), name="my feature")
     cases = [
-        (keras.Model(a, _dense_head(a)), "named inputs.*KerasTensor"),
-        (keras.Model([a, b], _dense_head(keras.layers.Concatenate()([a, b]))), "named inputs.*list of 2"),
-        (keras.Model({"a": a}, keras.layers.Dense(1)(a)), "dict keyed by task name"),
         (keras.Model({"my feature": a}, _dense_head(a)), r"input name 'my feature'"),
+        (keras.Model(spaced, keras.layers.Dense(1, name="y")(spaced)),
+         r"keras.Input named 'my feature'"),
         (keras.Model({"examples": a}, _dense_head(a)), "reserved"),
     ]
     flag = keras.Input((1,), dtype="bool", name="flag")
@@ -161,3 +162,22 @@ def test_warmup_without_tensorflow_serving_api_says_what_to_install(tmp_path, mo
         export_for_serving(build_feature_model(), str(tmp_path), warmup_inputs=feature_batch(2))
     assert os.listdir(tmp_path) == []
 
+
+def test_allow_non_finite_passes_the_named_float_inputs_unchecked(tmp_path):
+    """The escape hatch for models that impute missing values themselves; the names are validated."""
+    x, g = keras.Input((3,), name="x"), keras.Input((2,), name="g")
+    model = keras.Model({"x": x, "g": g}, {"y": keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([x, g]))})
+    path = export_for_serving(model, str(tmp_path), allow_non_finite=["x"])
+    feed = {"x": np.array([[np.nan, 1.0, np.inf]], np.float32), "g": np.ones((1, 2), np.float32)}
+    for signature, args in (("serving_default", feed), ("predict_examples", {"examples": make_examples(feed)})):
+        out = run_signature(path, signature, **args)
+        assert out["y"].shape == (1, 1)  # no error for x: the model is trusted to handle NaN and inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input 'g' holds NaN or inf"):
+        run_signature(path, "serving_default", x=feed["x"], g=np.array([[np.nan, 0.0]], np.float32))
+    feature_model = build_feature_model()
+    for bad, message in ((["nope"], r"'nope', which is not an input of the model; its inputs are \['city'"),
+                         (["count"], r"'count', a int32 input; only float inputs can hold NaN or inf"),
+                         ("numeric", "must be a list of float input names, received: allow_non_finite='numeric'")):
+        with pytest.raises(ValueError, match=message):
+            export_for_serving(feature_model, str(tmp_path / "other"), allow_non_finite=bad)
+    assert not (tmp_path / "other").exists()

@@ -1,106 +1,127 @@
-"""``keras-mmoe evaluate``: per-task metrics of a saved model on held-out data.
+"""``keras-mmoe evaluate``: per-task metrics of a saved model on the rows it held out.
 
 MODEL is a ``.keras`` file (or, under tf-keras, an ``.h5`` file) or an exported SavedModel
 version directory (``saved_models/<name>/<version>``, called through its ``serving_default``
-signature with no Keras code). Data:
+signature with no Keras code). The data come from the training record of what is scored: a
+version's own ``assets.extra/keras_mmoe.json``, or the ``<name>.json`` beside ``<name>.keras``
+(``--settings FILE`` gives another record). So a model trained on the synthetic data is scored on
+its own held-out 20%, and a census model from ``keras-mmoe reproduce census --data-seed N`` on the
+test half of its own split. ``--data`` and the data flags replace recorded settings (said aloud,
+since the rows then differ); without a record they are required.
 
-* ``--data synthetic`` (default): the synthetic draw the model was trained on, read from the
-  ``<name>.json`` that ``keras-mmoe train`` writes next to ``<name>.keras`` (the same rows and the
-  same held-out 20%), or from ``--settings FILE`` (for an export, ``<base>.json`` beside the
-  model's base directory is tried too); the generator flags override it;
-* ``--data census --group {1,2}``: the census-income test split (``--data-dir``, ``--max-rows``).
-
-Prints per task: loss (binary cross-entropy or MSE), AUC (binary) or MSE (regression), and with
+Prints per task the loss and MSE (regression) or AUC (binary), each beside the constant
+prediction learned from the training labels (the training mean; the base rate), and with
 ``--gates`` (Keras models) the gate diagnostics; ``--json PATH`` writes them.
+
+Example::
+
+    keras-mmoe evaluate saved_models/mmoe_synthetic/1
+    keras-mmoe evaluate saved_models/mmoe_synthetic.keras --gates --json results.json
+    keras-mmoe evaluate census_export/1 --data-dir ~/data     # census settings from its record
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import os
 
-import numpy as np
-
-from keras_mmoe.cli.common import CLIError, say
-from keras_mmoe.metrics import task_metrics
+from keras_mmoe.cli import sources
+from keras_mmoe.cli.common import CLIError, add_command, correlation, import_tensorflow, positive_int, say, seed
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser(
-        "evaluate",
-        help="per-task metrics (and gate diagnostics) of a .keras model or an exported SavedModel",
-        description=__doc__,
-    )
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = add_command(subparsers, "evaluate",
+                    help="per-task metrics (and gate diagnostics) of a .keras model or an exported SavedModel",
+                    description=__doc__)
     p.add_argument("model", metavar="MODEL", help="a .keras file or an exported SavedModel version directory")
-    p.add_argument("--data", choices=("synthetic", "census"), default="synthetic", help="held-out data (default: synthetic)")
+    p.add_argument("--data", choices=sorted(sources.SOURCES), default=None,
+                   help="held-out data (default: the source in the model's training record)")
     p.add_argument("--settings", default=None, metavar="FILE",
-                   help="synthetic data settings (default: the model's <name>.json written by train)")
-    p.add_argument("--samples", type=int, default=None, help="synthetic rows (overrides the settings file)")
-    p.add_argument("--dim", type=int, default=None, help="synthetic input dimension (overrides)")
-    p.add_argument("--correlation", type=float, default=None, help="synthetic task correlation (overrides)")
-    p.add_argument("--seed", type=int, default=None, help="synthetic data seed (overrides)")
-    p.add_argument("--group", type=int, choices=(1, 2), default=1, help="census task group (default: 1)")
-    p.add_argument("--data-dir", default=None, help="census data directory")
-    p.add_argument("--max-rows", type=int, default=None, help="census: use only the first rows of each file")
+                   help="a training record to take the data settings from (default: the model's own)")
+    p.add_argument("--samples", type=positive_int, default=None, help="synthetic rows (replaces the recorded value)")
+    p.add_argument("--dim", type=positive_int, default=None, help="synthetic input dimension (replaces)")
+    p.add_argument("--correlation", type=correlation, default=None, help="synthetic task correlation (replaces)")
+    p.add_argument("--seed", type=seed, default=None, help="synthetic data and split seed (replaces)")
+    p.add_argument("--group", type=int, choices=(1, 2), default=None, help="census task group (replaces; default 1)")
+    p.add_argument("--data-seed", type=seed, default=None,
+                   help="census validation/test split seed (replaces; default 0)")
+    p.add_argument("--max-rows", type=positive_int, default=None, help="census: only the first rows of each file (replaces)")
+    p.add_argument("--data-dir", default=None,
+                   help="census data directory (default: $KERAS_MMOE_DATA_DIR or ~/.keras_mmoe/data)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="evaluate only these tasks")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="prediction batch size")
     p.add_argument("--gates", action="store_true", help="also print gate diagnostics (Keras models only)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results to this JSON file")
     p.set_defaults(func=run)
     return p
 
 
-# --- data ------------------------------------------------------------------------------------
+# --- the model's record ----------------------------------------------------------------------
 
 
-def _settings_path(args):
-    if args.settings:
-        return args.settings
-    model = os.path.normpath(args.model)
-    candidates = [os.path.splitext(model)[0] + ".json"]
-    if os.path.isdir(model):  # saved_models/<name>/<version> -> saved_models/<name>.json
-        candidates.append(os.path.dirname(model) + ".json")
-    return next((c for c in candidates if os.path.isfile(c)), None)
+def find_record(model_path: str, kind: str, settings_file: str | None) -> tuple[dict | None, str | None]:
+    """``(record, where)``: the training record of what is scored, or ``(None, None)``."""
+    from keras_mmoe import saving
+
+    if settings_file:
+        return saving.read_record(settings_file), settings_file
+    if kind in ("saved_model", "keras_saved_model"):
+        record = saving.read_metadata(model_path)
+        if record is not None:
+            return record, os.path.join(model_path, saving.METADATA_DIR, saving.METADATA_FILE)
+        return None, None
+    path = saving.record_path(model_path)
+    if os.path.isfile(path):
+        return saving.read_record(path), path
+    return None, None
 
 
-def synthetic_data(args):
-    """``(features dict, labels dict, kinds)`` of the held-out synthetic split."""
-    from keras_mmoe.data import make_synthetic
-
-    settings = {}
-    path = _settings_path(args)
-    if path:
-        if not os.path.isfile(path):
-            raise CLIError(f"settings file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-        say(f"synthetic data settings from {path}")
-    elif None in (args.samples, args.dim, args.correlation, args.seed):
-        raise CLIError(
-            "no training settings found next to the model; give --settings FILE or all of "
-            "--samples, --dim, --correlation and --seed"
-        )
-    for key in ("samples", "dim", "correlation", "seed"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    data = make_synthetic(settings["samples"], dim=settings["dim"], correlation=settings["correlation"],
-                          seed=settings["seed"])
-    _, test = data.split(settings.get("train_fraction", 0.8), seed=settings["seed"])
-    kinds = {t: "regression" for t in test.task_names}
-    say(f"{len(test.x)} held-out synthetic rows (d={settings['dim']}, p={settings['correlation']}, seed {settings['seed']})")
-    return test.features(), test.y, kinds
-
-
-def census_data(args):
-    from keras_mmoe.data import load_census_income
-
-    data = load_census_income(args.data_dir, group=args.group, max_rows=args.max_rows)
-    say(f"{data.num_rows['test']} census-income test rows, group {args.group}")
-    return data.features["test"], data.labels["test"], {t: "binary" for t in data.task_names}
+def recorded_data(record: dict | None, where: str | None) -> dict | None:
+    """The ``data`` settings of a training record, checked."""
+    if record is None:
+        return None
+    data = record.get("data")
+    if not isinstance(data, dict) or data.get("source") not in sources.SOURCES:
+        raise CLIError(f"{where} is not a keras-mmoe training record: it has no 'data' entry naming one of the "
+                       f"sources {sorted(sources.SOURCES)}")
+    return data
 
 
 # --- models ----------------------------------------------------------------------------------
 
 
-def _predict_saved_model(path, features, batch_size):
+def input_names(model) -> list[str]:
+    """Names of a Keras model's inputs (dict keys for dict inputs)."""
+    structure = model.input
+    if isinstance(structure, dict):
+        return list(structure)
+    tensors = structure if isinstance(structure, (list, tuple)) else [structure]
+    return [getattr(t, "name", "").split(":")[0] for t in tensors]
+
+
+def keras_dataset(model, features: dict, batch_size: int):
+    """A batched ``tf.data.Dataset`` of the model's inputs, taken by name from ``features``."""
+    import tensorflow as tf
+
+    names = input_names(model)
+    missing = sorted(set(names) - set(features))
+    if missing:
+        raise CLIError(f"the data lacks the model's input feature(s) {missing}; it has {sorted(features)}")
+    return tf.data.Dataset.from_tensor_slices({k: features[k] for k in names}).batch(batch_size)
+
+
+def predict_keras(model, features: dict, batch_size: int) -> dict:
+    """``{output name: np.ndarray}`` of a Keras model with dict outputs."""
+    predictions = model.predict(keras_dataset(model, features, batch_size), verbose=0)
+    if not isinstance(predictions, dict):
+        raise CLIError("evaluate needs a model with dict outputs keyed by task name (keras_mmoe.models builders)")
+    return predictions
+
+
+def predict_saved_model(path: str, features: dict, batch_size: int) -> dict:
+    """``{output name: np.ndarray}`` of an export's ``serving_default`` signature."""
+    import numpy as np
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)
@@ -120,46 +141,35 @@ def _predict_saved_model(path, features, batch_size):
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
-def input_names(model):
-    """Names of a Keras model's inputs (dict keys for dict inputs)."""
-    structure = model.input
-    if isinstance(structure, dict):
-        return list(structure)
-    tensors = structure if isinstance(structure, (list, tuple)) else [structure]
-    return [getattr(t, "name", "").split(":")[0] for t in tensors]
+def run(args: argparse.Namespace) -> int:
+    from keras_mmoe import saving
 
-
-def _keras_dataset(model, features, batch_size):
-    import tensorflow as tf
-
-    names = input_names(model)
-    missing = sorted(set(names) - set(features))
-    if missing:
-        raise CLIError(f"the data lacks the model's input feature(s) {missing}; it has {sorted(features)}")
-    return tf.data.Dataset.from_tensor_slices({k: features[k] for k in names}).batch(batch_size)
-
-
-def _predict_keras(model, features, batch_size):
-    predictions = model.predict(_keras_dataset(model, features, batch_size), verbose=2)
-    if not isinstance(predictions, dict):
-        raise CLIError("evaluate needs a model with dict outputs keyed by task name (keras_mmoe.models builders)")
-    return predictions
-
-
-def run(args):
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, received {args.batch_size}")
     path = args.model
-    is_saved_model = os.path.isdir(path)
-    if is_saved_model and not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise CLIError(f"{path} is a directory without saved_model.pb (give a version directory, e.g. NAME/1)")
-    if not is_saved_model and not os.path.isfile(path):
-        raise CLIError(f"model file not found: {path}")
-    if args.gates and is_saved_model:
+    kind = saving.model_format(path)  # FileNotFoundError / ValueError naming the file
+    is_export = kind in ("saved_model", "keras_saved_model")  # directories are called through their signature
+    if args.gates and is_export:
         raise CLIError("--gates needs a .keras model (gate diagnostics read the model's MMoE layer)")
+    record, where = find_record(path, kind, args.settings)
+    recorded = recorded_data(record, where)
+    source_name = args.data or (recorded["source"] if recorded else None)
+    if source_name is None:
+        raise CLIError(f"no training record for {path} (train and export write one); give --settings FILE "
+                       "(a training record), or --data census, or --data synthetic with --samples, --dim, "
+                       "--correlation and --seed")
+    if recorded and recorded["source"] != source_name:
+        say(f"scoring on --data {source_name}, not the recorded {recorded['source']} data")
+        recorded = None
+    source = sources.SOURCES[source_name]
+    settings = source.settings(args, recorded)
+    if where and recorded:
+        say(f"data settings from the training record {where}")
 
-    say("importing TensorFlow")
-    features, labels, kinds = census_data(args) if args.data == "census" else synthetic_data(args)
+    import_tensorflow()
+    held_out = source.held_out(settings, args)
+    say(held_out.description)
+    kinds = dict(held_out.kinds)
+    if record and isinstance(record.get("tasks"), dict) and recorded:
+        kinds.update({t: k for t, k in record["tasks"].items() if t in kinds})
     tasks = list(kinds)
     if args.tasks:
         unknown = [t for t in args.tasks if t not in kinds]
@@ -168,29 +178,30 @@ def run(args):
         tasks = list(args.tasks)
 
     model = None
-    if is_saved_model:
+    if is_export:
         say(f"calling the serving_default signature of {path}")
-        predictions = _predict_saved_model(path, features, args.batch_size)
+        predictions = predict_saved_model(path, held_out.features, args.batch_size)
     else:
-        from keras_mmoe.cli.export import load_keras_model
-
         say(f"loading {path}")
-        model = load_keras_model(path)
-        predictions = _predict_keras(model, features, args.batch_size)
+        model = saving.load_keras_model(path)
+        predictions = predict_keras(model, held_out.features, args.batch_size)
     missing = [t for t in tasks if t not in predictions]
     if missing:
         raise CLIError(f"the model has no output for task(s) {missing}; its outputs are {sorted(predictions)}")
 
-    results = {"model": path, "data": args.data, "rows": int(len(labels[tasks[0]])), "tasks": {}}
+    from keras_mmoe.metrics import describe, task_metrics
+
+    results = {"model": path, "data": settings, "rows": int(len(held_out.labels[tasks[0]])), "tasks": {}}
     for task in tasks:
-        results["tasks"][task] = task_metrics(kinds[task], labels[task], predictions[task])
-        say(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in results["tasks"][task].items()))
+        metrics = task_metrics(kinds[task], held_out.labels[task], predictions[task], held_out.train_labels[task])
+        results["tasks"][task] = metrics
+        say(f"{task}: {describe(kinds[task], metrics)}")
 
     if args.gates:
         from keras_mmoe.diagnostics import diagnose
 
         try:
-            report = diagnose(model, _keras_dataset(model, features, args.batch_size))
+            report = diagnose(model, keras_dataset(model, held_out.features, args.batch_size))
         except ValueError as error:
             raise CLIError(f"gate diagnostics: {error}") from None
         print(report.to_markdown())
@@ -198,8 +209,6 @@ def run(args):
 
     print(json.dumps(results["tasks"], indent=1))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1, default=float)
+        saving.write_json(args.json, json.loads(json.dumps(results, default=float)))
         say(f"wrote {args.json}")
     return 0

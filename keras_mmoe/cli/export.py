@@ -4,25 +4,34 @@ Writes ``<--to>/<version>/`` with the ``serving_default`` (raw named features) a
 ``predict_examples`` (serialized ``tf.train.Example``) signatures, via
 :func:`keras_mmoe.serving.export_for_serving`, and prints the version directory. The version is
 the next free integer unless ``--version`` is given; an existing version is only replaced with
-``--overwrite``.
+``--overwrite``. The model's training record (``<name>.json`` beside ``<name>.keras``, or
+``--record FILE``) goes into the version's ``assets.extra/keras_mmoe.json``, so
+``keras-mmoe evaluate`` can score the version on the rows the model held out. MODEL may also be,
+under tf-keras, an ``.h5`` file or a ``model.save(dir)`` SavedModel directory.
+
+Example::
+
+    keras-mmoe export saved_models/mmoe_synthetic.keras --to saved_models/mmoe_synthetic --version 3
 """
 
+from __future__ import annotations
+
+import argparse
 import os
 
-from keras_mmoe.cli.common import CLIError, say
+from keras_mmoe.cli.common import CLIError, add_command, check_version_free, import_tensorflow, positive_int, say
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser(
-        "export",
-        help="export a saved .keras model as a versioned SavedModel for TF Serving",
-        description=__doc__,
-    )
-    p.add_argument("model", metavar="MODEL.keras", help="model saved with model.save('....keras')")
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = add_command(subparsers, "export", help="export a saved .keras model as a versioned SavedModel for TF Serving",
+                    description=__doc__)
+    p.add_argument("model", metavar="MODEL.keras", help="model saved with model.save('NAME.keras')")
     p.add_argument("--to", required=True, metavar="BASE_DIR",
                    help="the model's base directory for TF Serving, e.g. saved_models/NAME")
-    p.add_argument("--version", type=int, default=None, help="version number (default: next free)")
+    p.add_argument("--version", type=positive_int, default=None, help="version number (default: the next free one)")
     p.add_argument("--overwrite", action="store_true", help="replace the version if it exists")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="training record stored with the version (default: <name>.json beside the model, if any)")
     p.add_argument("--no-examples-signature", dest="examples_signature", action="store_false",
                    help="do not export the predict_examples (tf.train.Example) signature")
     p.add_argument("--include-gate-weights", action="store_true",
@@ -31,34 +40,20 @@ def add_parser(subparsers):
     return p
 
 
-def load_keras_model(path):
-    """Loads a ``.keras`` model with every keras_mmoe layer registered (no custom_objects needed)."""
-    if not os.path.isfile(path):
-        raise CLIError(f"model file not found: {path}")
-    import keras_mmoe  # noqa: F401  (registers the package's layers for deserialization)
-    from keras_mmoe._keras import keras
+def run(args: argparse.Namespace) -> int:
+    from keras_mmoe import saving
 
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as error:  # the loader raises many types; report it as one line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CLIError(f"cannot load {path} as a Keras model: {first_line}") from error
+    kind = saving.model_format(args.model)  # FileNotFoundError / ValueError naming the file
+    if kind == "saved_model":
+        raise CLIError(f"{args.model} is already an exported SavedModel; export takes a Keras model (.keras)")
+    record_file = args.record or saving.record_path(args.model)
+    record = saving.read_record(record_file) if (args.record or os.path.isfile(record_file)) else None
+    check_version_free(args.to, args.version, args.overwrite)  # fail before the (slow) model load
+    import_tensorflow()
+    from keras_mmoe.serving import export_for_serving
 
-
-def run(args):
-    if args.version is not None and args.version < 1:
-        raise CLIError(f"--version must be a positive integer, received {args.version}")
-    if not os.path.isfile(args.model):
-        raise CLIError(f"model file not found: {args.model}")
-    say("importing TensorFlow")
-    from keras_mmoe import KERAS_FLAVOR
-    from keras_mmoe.serving import export_for_serving, list_versions
-
-    existing = list_versions(args.to).get(args.version) if args.version is not None else None
-    if existing is not None and not args.overwrite:  # fail before the (slow) model load
-        raise CLIError(f"version {args.version} already exists: {os.path.join(args.to, existing)} (use --overwrite)")
-    say(f"Keras: {KERAS_FLAVOR}; loading {args.model}")
-    model = load_keras_model(args.model)
+    say(f"loading {args.model}")
+    model = saving.load_keras_model(args.model)
     version_dir = export_for_serving(
         model,
         args.to,
@@ -66,7 +61,9 @@ def run(args):
         examples_signature=args.examples_signature,
         include_gate_weights=args.include_gate_weights,
         overwrite=args.overwrite,
+        metadata=record,
     )
-    say(f"exported SavedModel for TF Serving: {version_dir}")
+    say(f"exported SavedModel for TF Serving: {version_dir}"
+        + (f" (with the training record {record_file})" if record is not None else " (no training record found)"))
     print(version_dir)
     return 0

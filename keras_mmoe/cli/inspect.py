@@ -3,34 +3,41 @@
 Prints every signature (method, input and output names, dtypes, shapes and graph tensor
 names), whether warmup records are present, and the op check: every op in the graph and its
 function library must be a registered TensorFlow op and none a Python callback (PyFunc).
-Exit status 0 when the op check passes, 1 when it fails, 2 on a usage error. Given a base
-directory instead of a version directory, inspects its highest version.
+Exit status 0 when the op check passes, 1 when it fails, 2 on a usage error or a SavedModel
+that cannot be read. Given a base directory instead of a version directory, inspects its highest
+version.
+
+Example::
+
+    keras-mmoe inspect saved_models/mmoe_synthetic/1
+    keras-mmoe inspect saved_models/mmoe_synthetic --json    # the highest version, as JSON
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import os
 
-from keras_mmoe.cli.common import CLIError, say
+from keras_mmoe.cli.common import CLIError, add_command, import_tensorflow, say
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser(
-        "inspect",
-        help="print an exported SavedModel's signatures and check its ops for TF Serving",
-        description=__doc__,
-    )
-    p.add_argument("path", metavar="EXPORT_DIR", help="a version directory, e.g. saved_models/NAME/1")
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = add_command(subparsers, "inspect", help="print an exported SavedModel's signatures and check its ops for TF Serving",
+                    description=__doc__)
+    p.add_argument("path", metavar="EXPORT_DIR", help="a version directory (e.g. saved_models/NAME/1) or a base directory (its highest version)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
     return p
 
 
-def resolve_export_dir(path):
+def resolve_export_dir(path: str) -> str:
     """``path`` itself if it holds a SavedModel, else its highest numeric version."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     if not os.path.isdir(path):
         raise CLIError(f"no such directory: {path}")
+    import_tensorflow(announce=False)
     from keras_mmoe.serving import list_versions
 
     versions = list_versions(path)
@@ -43,11 +50,22 @@ def resolve_export_dir(path):
     return chosen
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     path = resolve_export_dir(args.path)
+    import_tensorflow(announce=False)
+    from google.protobuf.message import DecodeError
+
+    try:
+        return _report(path, args.json)
+    except DecodeError as error:
+        raise CLIError(f"{os.path.join(path, 'saved_model.pb')} is not a valid SavedModel: it does not parse "
+                       f"as a SavedModel protocol buffer ({error})") from None
+
+
+def _report(path: str, as_json: bool) -> int:
     from keras_mmoe.serving import check_serving_ops, describe_signatures, format_report
 
-    if args.json:
+    if as_json:
         check = check_serving_ops(path)
         report = {
             "path": os.path.abspath(path),

@@ -1,47 +1,194 @@
 """``keras-mmoe reproduce <study>``: the papers' experiments, tables and plots.
 
-Studies (modules of :mod:`keras_mmoe.reproduce`, each with ``add_arguments`` and ``run``):
-``census`` (MMoE paper section 6.3), ``synthetic`` (sections 3.2 and 5, task correlation),
-``polarization`` (gate polarization and expert dropout, YouTube RecSys 2019).
+Studies (plain functions in :mod:`keras_mmoe.reproduce`; this module holds their flags and prints
+their progress): ``census`` (MMoE paper section 6.3), ``synthetic`` (sections 3.2 and 5, task
+correlation), ``polarization`` (gate polarization and expert dropout, YouTube RecSys 2019).
+Each writes Markdown and JSON tables (and PNG plots) to ``--out-dir``; the JSON records the
+settings and a portable command that reproduces them (paths left out: they do not change the
+results).
 """
 
+from __future__ import annotations
+
+import argparse
 import importlib
+import shlex
 
-from keras_mmoe.cli.common import add_config_argument
+from keras_mmoe.cli.common import (
+    CLIError,
+    add_command,
+    correlation,
+    import_tensorflow,
+    positive_float,
+    positive_int,
+    rate,
+    say,
+    seed,
+)
+
+#: Flags that name places on this machine: left out of the recorded command.
+PATH_FLAGS = ("data_dir", "out_dir", "export_dir", "config")
 
 
-def add_parser(subparsers):
-    from keras_mmoe.reproduce import STUDIES
+# --- census ----------------------------------------------------------------------------------
 
-    p = subparsers.add_parser(
-        "reproduce",
-        help="reproduce the papers' experiments (census, synthetic, polarization) as tables and plots",
-        description=__doc__,
-    )
+
+def add_census_arguments(parser: argparse.ArgumentParser) -> None:
+    from keras_mmoe.reproduce.census import MODELS
+
+    parser.add_argument("--group", type=int, choices=(1, 2), default=1,
+                        help="task group: 1 (income, marital) or 2 (education, marital)")
+    parser.add_argument("--runs", type=positive_int, default=3, help="runs per model")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                        help=f"models to train, of: {' '.join(MODELS)}")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs per run")
+    parser.add_argument("--patience", type=positive_int, default=2, help="early-stopping patience in epochs")
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of run 1; run r uses seed + r - 1")
+    parser.add_argument("--data-seed", type=seed, default=0, help="seed of the validation/test split")
+    parser.add_argument("--data-dir", default=None,
+                        help="census data directory (default: $KERAS_MMOE_DATA_DIR or ~/.keras_mmoe/data; "
+                        "downloaded when absent)")
+    parser.add_argument("--max-rows", type=positive_int, default=None, help="use only the first rows of each file")
+    parser.add_argument("--out-dir", default="results", help="where census_group<G>.md/.json go")
+    parser.add_argument("--export-dir", default=None,
+                        help="also export the MMoE run with the best validation AUC for TF Serving here, with "
+                        "its training record (keras-mmoe evaluate then scores it on the same split)")
+    parser.add_argument("--quick", action="store_true", help="3000 rows, 1 epoch, 1 run: a smoke run")
+
+
+def run_census(args: argparse.Namespace) -> int:
+    if args.max_rows is not None and args.max_rows < 10:
+        raise CLIError(f"--max-rows must be at least 10, received {args.max_rows}")
+    return _run_study(args, dict(runs=args.runs, epochs=args.epochs, max_rows=args.max_rows),
+                      group=args.group, models=args.models, patience=args.patience, learning_rate=args.learning_rate,
+                      seed=args.seed, data_seed=args.data_seed, data_dir=args.data_dir, export_dir=args.export_dir)
+
+
+# --- synthetic -------------------------------------------------------------------------------
+
+
+def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    from keras_mmoe.reproduce.synthetic import MODELS
+
+    parser.add_argument("--correlations", type=correlation, nargs="+", default=[0.5, 0.9, 1.0],
+                        help="task correlations p")
+    parser.add_argument("--runs", type=positive_int, default=10, help="runs per model and correlation")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                        help=f"models, of: {' '.join(MODELS)}")
+    parser.add_argument("--samples", type=positive_int, default=20_000, help="rows per run, 80%% to train on")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="epochs per run")
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of run 1; run r uses seed + r - 1")
+    parser.add_argument("--out-dir", default="results", help="where the tables and plots go")
+    parser.add_argument("--quick", action="store_true", help="2 runs, 2000 rows, 2 epochs: a smoke run")
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    return _run_study(args, dict(runs=args.runs, samples=args.samples, epochs=args.epochs),
+                      models=args.models, correlations=args.correlations, learning_rate=args.learning_rate,
+                      seed=args.seed)
+
+
+# --- polarization ----------------------------------------------------------------------------
+
+
+def polarization_setting(text: str) -> str:
+    """argparse type of one ``--settings`` entry: checked, returned as given."""
+    from keras_mmoe.reproduce.polarization import parse_setting
+
+    try:
+        parse_setting(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def add_polarization_arguments(parser: argparse.ArgumentParser) -> None:
+    from keras_mmoe.reproduce.polarization import DEFAULT_RATES, DEFAULT_SETTINGS
+
+    parser.add_argument("--settings", type=polarization_setting, nargs="+", default=list(DEFAULT_SETTINGS),
+                        metavar="LR:EXPERTS[:BOTTOM]",
+                        help="learning rate, number of experts and optional shared-bottom width per setting")
+    parser.add_argument("--rates", type=rate, nargs="+", default=list(DEFAULT_RATES),
+                        help="expert dropout rates compared")
+    parser.add_argument("--seeds", type=positive_int, default=12, help="seeds per setting and rate")
+    parser.add_argument("--samples", type=positive_int, default=20_000, help="synthetic rows, 80%% to train on")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    parser.add_argument("--correlation", type=correlation, default=0.5, help="task correlation p")
+    parser.add_argument("--out-dir", default="results", help="where the tables and plots go")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 2000 rows, 1 epoch: a smoke run")
+
+
+def run_polarization(args: argparse.Namespace) -> int:
+    return _run_study(args, dict(seeds=args.seeds, samples=args.samples, epochs=args.epochs),
+                      settings=args.settings, rates=args.rates, correlation=args.correlation)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+#: study name -> (flags, run)
+STUDY_COMMANDS = {
+    "census": (add_census_arguments, run_census),
+    "synthetic": (add_synthetic_arguments, run_synthetic),
+    "polarization": (add_polarization_arguments, run_polarization),
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = add_command(subparsers, "reproduce",
+                    help="reproduce the papers' experiments (census, synthetic, polarization) as tables and plots",
+                    description=__doc__)
     studies = p.add_subparsers(dest="study", metavar="STUDY")
-    for name in STUDIES:
-        try:
-            module = importlib.import_module(f"keras_mmoe.reproduce.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"keras_mmoe.reproduce.{name}":
-                continue  # a study not written yet is simply not offered
-            raise
-        first_line = (module.__doc__ or name).strip().splitlines()[0]
-        sp = studies.add_parser(name, help=first_line, description=module.__doc__,
-                                formatter_class=_formatter())
-        module.add_arguments(sp)
-        add_config_argument(sp)
-        sp.set_defaults(func=module.run)
+    for name, (add_arguments, run) in STUDY_COMMANDS.items():
+        doc = importlib.import_module(f"keras_mmoe.reproduce.{name}").__doc__ or name
+        sp = add_command(studies, name, help=doc.strip().splitlines()[0], description=doc)
+        add_arguments(sp)
+        sp.set_defaults(func=run)
     p.set_defaults(func=lambda args: _no_study(p))
     return p
 
 
-def _formatter():
-    import argparse
+def portable_command(args: argparse.Namespace) -> str:
+    """``keras-mmoe reproduce <study>`` with every result-changing flag whose value differs from
+    its built-in default (config files included), and no path: the same command reproduces the
+    results on any machine."""
+    fresh = argparse.ArgumentParser()
+    STUDY_COMMANDS[args.study][0](fresh)
+    words = ["keras-mmoe", "reproduce", args.study]
+    for action in fresh._actions:
+        if not action.option_strings or action.dest in PATH_FLAGS or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if value is True:
+            words.append(flag)
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        words += [flag] + [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    return " ".join(shlex.quote(w) for w in words)
 
-    return argparse.RawDescriptionHelpFormatter
+
+def _run_study(args: argparse.Namespace, sized: dict, **settings) -> int:
+    """Runs study ``args.study`` with ``settings`` and the ``sized`` ones (replaced by the study's
+    ``QUICK`` sizes under ``--quick``), records the portable command, writes the outputs and prints
+    the table."""
+    module = importlib.import_module(f"keras_mmoe.reproduce.{args.study}")
+    import_tensorflow()
+    if args.quick:
+        sized = dict(sized, **module.QUICK)
+    record = module.study(progress=say, **settings, **sized)
+    record["command"] = portable_command(args)
+    paths = module.write_outputs(record, args.out_dir)
+    with open(paths["markdown"], encoding="utf-8") as f:
+        print(f.read())
+    for path in paths.values():
+        say(f"wrote {path}")
+    return 0
 
 
-def _no_study(parser):
+def _no_study(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2

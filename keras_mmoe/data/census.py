@@ -42,6 +42,8 @@ took 3.2-6 s and the whole :func:`load_census_income` 6-11 s on a 2-core machine
 other jobs.
 """
 
+from __future__ import annotations
+
 import gzip
 import io
 import itertools
@@ -52,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from keras_mmoe._validation import check_positive_int, check_seed
 from keras_mmoe.data._download import CorruptFileError, download_verified, read_gzip_verified
 from keras_mmoe.features.naming import sanitize_feature_names
 
@@ -199,7 +202,7 @@ TASK_GROUPS = {1: ("income", "marital"), 2: ("education", "marital")}
 # Files
 
 
-def census_data_dir(data_dir=None):
+def census_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     """The data directory: ``data_dir``, else ``$KERAS_MMOE_DATA_DIR``, else ``~/.keras_mmoe/data``."""
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
@@ -286,7 +289,8 @@ def _parse(text, path):
     return columns
 
 
-def read_census_columns(data_dir=None, *, max_rows=None, download=True, base_url=UCI_BASE_URL, verify=True):
+def read_census_columns(data_dir: str | os.PathLike | None = None, *, max_rows: int | None = None,
+                        download: bool = True, base_url: str = UCI_BASE_URL, verify: bool = True) -> dict:
     """Reads the two UCI files into raw columns (all 42, labels not yet derived).
 
     Args:
@@ -305,7 +309,7 @@ def read_census_columns(data_dir=None, *, max_rows=None, download=True, base_url
         float32 for the continuous columns and the instance weight, Python ``str`` objects for
         the rest (stripped of surrounding spaces; the label keeps its final period).
     """
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2):
+    if max_rows is not None and check_positive_int("max_rows", max_rows) < 2:
         raise ValueError(f"`max_rows` must be None or an integer >= 2, received: max_rows={max_rows!r}")
     data_dir = census_data_dir(data_dir)
     out = {}
@@ -320,7 +324,7 @@ def read_census_columns(data_dir=None, *, max_rows=None, download=True, base_url
 # Labels
 
 
-def census_labels(columns, group):
+def census_labels(columns: dict, group: int) -> dict:
     """Labels of task group ``group`` from raw columns: ``{task name: float32 (rows, 1)}`` of 0/1.
 
     - ``income``: 1 where the income label is ``50000+.`` (income above 50K);
@@ -343,20 +347,20 @@ def census_labels(columns, group):
     return {task: labels[task][:, None] for task in tasks}
 
 
-def label_correlation(labels):
+def label_correlation(labels: dict) -> float:
     """Pearson correlation of the two labels of a ``{task: (rows, 1)}`` dict (NaN if one is constant)."""
     a, b = (np.ravel(v).astype(np.float64) for v in labels.values())
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.corrcoef(a, b)[0, 1])
 
 
-def validation_test_split(num_rows, seed=0):
+def validation_test_split(num_rows: int, seed: int = 0) -> tuple:
     """The paper's random 1:1 split of the test file: ``(validation rows, test rows)`` index arrays.
 
     The rows are permuted with ``np.random.default_rng(seed)``; validation takes the first half
     (rounded down), test the rest: 49,881 and 49,881 of the 99,762 test rows.
     """
-    _check_positive("num_rows", num_rows)
+    check_positive_int("num_rows", num_rows)
     order = np.random.default_rng(seed).permutation(num_rows)
     half = num_rows // 2
     return np.sort(order[:half]), np.sort(order[half:])
@@ -391,6 +395,7 @@ class CensusData:
         instance_weights: ``{split: float32 np.ndarray (rows,)}``, the UCI weights (never an input).
         num_rows: ``{split: rows}``.
         label_correlation: Pearson correlation of the two labels on the training split.
+        batch_size, seed, max_rows: the loader's arguments (``seed`` split validation from test).
         train, validation, test: batched ``tf.data.Dataset`` of ``(features, labels)``; each
             feature and label has shape ``(batch, 1)``; train is shuffled (reshuffled each epoch).
     """
@@ -407,20 +412,22 @@ class CensusData:
     label_correlation: float
     batch_size: int
     seed: int
+    max_rows: int | None = None
     train: object = field(default=None, repr=False)
     validation: object = field(default=None, repr=False)
     test: object = field(default=None, repr=False)
 
     @property
-    def main_task(self):
+    def main_task(self) -> str:
         return self.task_names[0]
 
     @property
-    def feature_names(self):
+    def feature_names(self) -> tuple:
         """All input keys: the continuous ones, then the nominal ones."""
         return tuple(self.continuous_features) + tuple(self.nominal_features)
 
-    def dataset(self, split, batch_size=None, shuffle=None, seed=None, repeat=False):
+    def dataset(self, split: str, batch_size: int | None = None, shuffle: bool | None = None, seed: int | None = None,
+                repeat: bool = False) -> tf.data.Dataset:
         """A new batched ``tf.data.Dataset`` of ``(features, labels)`` for ``split``.
 
         Args:
@@ -433,7 +440,7 @@ class CensusData:
         if split not in self.features:
             raise ValueError(f"`split` must be one of {sorted(self.features)}, received: split={split!r}")
         batch_size = self.batch_size if batch_size is None else batch_size
-        _check_positive("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         shuffle = (split == "train") if shuffle is None else shuffle
         # Shuffle and batch row indices, then gather whole batches: one vectorized gather per
         # column and batch instead of per-row slicing of 40 components (one pass over the full
@@ -455,22 +462,17 @@ class CensusData:
         return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
-
-
 def load_census_income(
-    data_dir=None,
-    group=1,
+    data_dir: str | os.PathLike | None = None,
+    group: int = 1,
     *,
-    batch_size=1024,
-    seed=0,
-    max_rows=None,
-    download=True,
-    base_url=UCI_BASE_URL,
-    verify=True,
-):
+    batch_size: int = 1024,
+    seed: int = 0,
+    max_rows: int | None = None,
+    download: bool = True,
+    base_url: str = UCI_BASE_URL,
+    verify: bool = True,
+) -> CensusData:
     """Loads census-income as in the MMoE paper; returns :class:`CensusData`.
 
     Args:
@@ -496,9 +498,10 @@ def load_census_income(
     At full size: train 199,523 rows, validation 49,881, test 49,881.
     """
     tasks = _check_group(group)
-    _check_positive("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an integer, received: seed={seed!r}")
+    check_positive_int("batch_size", batch_size)
+    if seed is None:
+        raise ValueError("`seed` must be a non-negative integer (it fixes the validation/test split), received: seed=None")
+    check_seed("seed", seed)
     raw = read_census_columns(data_dir, max_rows=max_rows, download=download, base_url=base_url, verify=verify)
 
     validation_index, test_index = validation_test_split(len(raw["test"][LABEL_COLUMN]), seed)
@@ -525,6 +528,7 @@ def load_census_income(
         label_correlation=label_correlation(labels["train"]),
         batch_size=batch_size,
         seed=seed,
+        max_rows=max_rows,
     )
     data.train = data.dataset("train")
     data.validation = data.dataset("validation")

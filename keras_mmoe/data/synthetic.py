@@ -13,9 +13,14 @@ following PLE (Tang et al., 2020): c = 1, m = 10, alpha_i, beta_i ~ N(0, 1), sha
 tasks. The paper's N(0, 0.01) noise is read as variance 0.01, i.e. ``noise_stddev=0.1``.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
+
+from keras_mmoe._validation import check_correlation, check_positive_int
 
 
 @dataclass
@@ -30,14 +35,14 @@ class SyntheticData:
     params: dict = field(default_factory=dict)
 
     @property
-    def task_names(self):
+    def task_names(self) -> list:
         return list(self.y)
 
-    def features(self):
+    def features(self) -> dict:
         """The model input dict ``{"features": x}``."""
         return {"features": self.x}
 
-    def dataset(self, batch_size=256, shuffle=True, seed=0, repeat=False):
+    def dataset(self, batch_size: int = 256, shuffle: bool = True, seed: int = 0, repeat: bool = False):
         """A ``tf.data.Dataset`` of ``({"features": x}, {task: y})`` batches."""
         import tensorflow as tf
 
@@ -48,7 +53,7 @@ class SyntheticData:
             ds = ds.repeat()
         return ds.batch(batch_size).prefetch(2)
 
-    def split(self, fraction, seed=0):
+    def split(self, fraction: float, seed: int = 0) -> tuple:
         """Two ``SyntheticData`` with ``fraction`` and ``1 - fraction`` of the rows (random, seeded)."""
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"`fraction` must be in (0, 1), received: fraction={fraction!r}")
@@ -74,15 +79,15 @@ def _pearson(a, b):
 
 
 def make_synthetic(
-    num_samples=10_000,
-    dim=100,
-    correlation=0.5,
-    scale=1.0,
-    num_sine_terms=10,
-    noise_stddev=0.1,
-    task_names=("y1", "y2"),
-    seed=0,
-):
+    num_samples: int = 10_000,
+    dim: int = 100,
+    correlation: float = 0.5,
+    scale: float = 1.0,
+    num_sine_terms: int = 10,
+    noise_stddev: float = 0.1,
+    task_names: Sequence[str] = ("y1", "y2"),
+    seed: int = 0,
+) -> SyntheticData:
     """Draws the section 3.2 data set; returns :class:`SyntheticData`.
 
     Args:
@@ -101,13 +106,10 @@ def make_synthetic(
     >>> round(data.weights_cosine, 6), data.label_correlation < 0.9
     (0.9, True)
     """
-    for name, value in (("num_samples", num_samples), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
-    if dim < 2:
+    check_positive_int("num_samples", num_samples)
+    if check_positive_int("dim", dim) < 2:
         raise ValueError(f"`dim` must be at least 2 (two orthogonal vectors), received: dim={dim!r}")
-    if not -1.0 <= correlation <= 1.0:
-        raise ValueError(f"`correlation` must be in [-1, 1], received: correlation={correlation!r}")
+    check_correlation("correlation", correlation)
     if isinstance(num_sine_terms, bool) or not isinstance(num_sine_terms, int) or num_sine_terms < 0:
         raise ValueError(f"`num_sine_terms` must be a non-negative integer, received: {num_sine_terms!r}")
     if noise_stddev < 0:

@@ -8,6 +8,8 @@
 See :func:`gate_statistics` for the formulas and the polarization rule.
 """
 
+from typing import Any, Optional
+
 from keras_mmoe.diagnostics.callback import GateDiagnostics
 from keras_mmoe.diagnostics.plots import plot_gate_heatmap, plot_utilization_over_epochs
 from keras_mmoe.diagnostics.probe import (
@@ -20,15 +22,15 @@ from keras_mmoe.diagnostics.stats import GateReport, TaskGateStats, gate_statist
 
 
 def diagnose(
-    model,
-    data,
-    steps=None,
-    layer=None,
-    batch_size=None,
-    polarization_threshold=0.9,
-    polarized_fraction=0.5,
-    unused_threshold=None,
-):
+    model: Any,
+    data: Any,
+    steps: Optional[int] = None,
+    layer: Any = None,
+    batch_size: Optional[int] = None,
+    polarization_threshold: float = 0.9,
+    polarized_fraction: float = 0.5,
+    unused_threshold: Optional[float] = None,
+) -> GateReport:
     """Gate statistics of a model's MMoELayer on ``data``: :func:`gate_weights_from_model`
     followed by :func:`gate_statistics` with the layer's task names.
 

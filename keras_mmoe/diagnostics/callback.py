@@ -1,5 +1,8 @@
 """GateDiagnostics: a Keras callback recording gate statistics at the end of epochs."""
 
+import os
+from typing import Any, Optional, Union
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
@@ -71,16 +74,16 @@ class GateDiagnostics(keras.callbacks.Callback):
 
     def __init__(
         self,
-        data,
-        log_dir=None,
-        every=1,
-        steps=None,
-        layer=None,
-        prefix="gate",
-        polarization_threshold=0.9,
-        polarized_fraction=0.5,
-        unused_threshold=None,
-        verbose=False,
+        data: Any,
+        log_dir: Union[None, str, "os.PathLike[str]"] = None,
+        every: int = 1,
+        steps: Optional[int] = None,
+        layer: Any = None,
+        prefix: str = "gate",
+        polarization_threshold: float = 0.9,
+        polarized_fraction: float = 0.5,
+        unused_threshold: Optional[float] = None,
+        verbose: bool = False,
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:

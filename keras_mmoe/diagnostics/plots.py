@@ -5,6 +5,8 @@ no display and leave pyplot's global state alone; save them with ``fig.savefig(p
 pass ``ax`` from your own ``plt.subplots()`` to draw into an existing figure.
 """
 
+from typing import Any, Optional, Sequence
+
 import numpy as np
 
 from keras_mmoe.diagnostics.stats import GateReport
@@ -34,7 +36,14 @@ def _utilization_and_names(stats, task_names):
     return matrix, names
 
 
-def plot_gate_heatmap(stats, ax=None, task_names=None, annotate=True, cmap="viridis", title=None):
+def plot_gate_heatmap(
+    stats: Any,
+    ax: Any = None,
+    task_names: Optional[Sequence[str]] = None,
+    annotate: bool = True,
+    cmap: str = "viridis",
+    title: Optional[str] = None,
+) -> Any:
     """Heatmap of expert utilization, tasks (rows) x experts (columns), values annotated.
 
     Args:
@@ -88,7 +97,12 @@ def _epochs_and_utilization(source):
     return np.arange(len(utilization)), utilization, None
 
 
-def plot_utilization_over_epochs(source, task_names=None, tasks=None, title=None):
+def plot_utilization_over_epochs(
+    source: Any,
+    task_names: Optional[Sequence[str]] = None,
+    tasks: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Any:
     """Expert utilization over epochs: one subplot per task, one line per expert.
 
     Args:

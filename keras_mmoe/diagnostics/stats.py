@@ -7,7 +7,7 @@ for example the output of :func:`keras_mmoe.diagnostics.gate_weights_from_model`
 
 import dataclasses
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,11 +38,11 @@ class TaskGateStats:
     polarized: bool
 
     @property
-    def num_experts(self):
+    def num_experts(self) -> int:
         return int(self.utilization.shape[0])
 
     @property
-    def verdict(self):
+    def verdict(self) -> str:
         """``"polarized"``, ``"unused experts"`` or ``"ok"`` (polarization takes precedence)."""
         if self.polarized:
             return "polarized"
@@ -183,12 +183,12 @@ def _check_fraction(name, value, low_open=False):
 
 
 def gate_statistics(
-    gate_weights,
-    task_names=None,
-    polarization_threshold=0.9,
-    polarized_fraction=0.5,
-    unused_threshold=None,
-    layer_name=None,
+    gate_weights: Any,
+    task_names: Optional[Sequence[str]] = None,
+    polarization_threshold: float = 0.9,
+    polarized_fraction: float = 0.5,
+    unused_threshold: Optional[float] = None,
+    layer_name: Optional[str] = None,
 ) -> GateReport:
     """Per-task statistics of gate weights.
 

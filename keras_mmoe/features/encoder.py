@@ -33,12 +33,16 @@ inside a model; there, train with the lookups applied in the ``tf.data`` pipelin
 encoder model in ``dataset.map``), or use tf-keras, where both work.
 """
 
+from __future__ import annotations
+
 import collections
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
+from keras_mmoe._validation import check_positive_int
 from keras_mmoe.features.naming import sanitize_feature_names
 
 NOMINAL_ENCODINGS = ("one_hot", "embedding")
@@ -124,16 +128,16 @@ def _adapt_statistics(adapt_data, continuous, nominal):
 
 
 def build_feature_encoder(
-    continuous=(),
-    nominal=(),
-    adapt_data=None,
+    continuous: Sequence[str] = (),
+    nominal: Sequence[str] = (),
+    adapt_data: Any = None,
     *,
-    nominal_encoding="one_hot",
-    embedding_dim=8,
-    max_tokens=None,
-    num_oov_indices=1,
-    name="encoded_features",
-):
+    nominal_encoding: str = "one_hot",
+    embedding_dim: int | dict = 8,
+    max_tokens: int | None = None,
+    num_oov_indices: int = 1,
+    name: str = "encoded_features",
+) -> tuple:
     """Builds the raw-feature encoder sub-graph; returns ``(inputs, encoded)``.
 
     Args:
@@ -162,7 +166,8 @@ def build_feature_encoder(
     ...     adapt_data={"age": [30.0, 50.0], "class of worker": ["Private", "Never worked"]})
     >>> sorted(inputs), tuple(encoded.shape)
     (['age', 'class_of_worker'], (None, 4))
-    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(encoded))
+    >>> model = keras_mmoe.models.functional_model(inputs, keras.layers.Dense(1, activation="sigmoid")(encoded))
+    >>> # (takes the features by name from any mapping; see functional_model)
     """
     continuous = _check_names("continuous", continuous)
     nominal = _check_names("nominal", nominal)
@@ -175,8 +180,7 @@ def build_feature_encoder(
         )
     if adapt_data is None:
         raise ValueError("`adapt_data` is required: the training features the layers adapt on, received: None")
-    if isinstance(num_oov_indices, bool) or not isinstance(num_oov_indices, int) or num_oov_indices < 1:
-        raise ValueError(f"`num_oov_indices` must be an integer >= 1, received: num_oov_indices={num_oov_indices!r}")
+    check_positive_int("num_oov_indices", num_oov_indices)
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= num_oov_indices
     ):
@@ -187,9 +191,7 @@ def build_feature_encoder(
     dims = embedding_dim if isinstance(embedding_dim, dict) else {n: embedding_dim for n in nominal}
     if nominal_encoding == "embedding":
         for n in nominal:
-            d = dims.get(n)
-            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-                raise ValueError(f"`embedding_dim` for {n!r} must be a positive integer, received: {d!r}")
+            check_positive_int(f"embedding_dim[{n!r}]", dims.get(n))
 
     stats = _adapt_statistics(adapt_data, continuous, nominal)
     inputs, parts = {}, []
@@ -225,7 +227,8 @@ def build_feature_encoder(
     return inputs, encoded
 
 
-def census_feature_encoder(census_data, *, nominal_encoding="one_hot", embedding_dim=8, **kwargs):
+def census_feature_encoder(census_data, *, nominal_encoding: str = "one_hot", embedding_dim: int | dict = 8,
+                           **kwargs) -> tuple:
     """:func:`build_feature_encoder` for a :class:`keras_mmoe.data.CensusData`, adapted on its train split.
 
     With the default one-hot encoding of the 31 nominal inputs, the encoded vector of the full

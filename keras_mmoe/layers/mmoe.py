@@ -6,6 +6,7 @@ from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable, serializ
 from keras_mmoe._validation import resolve_task_names
 from keras_mmoe.layers import _utils
 from keras_mmoe.layers.experts import ExpertBank
+from keras_mmoe.layers.gating import record_call
 from keras_mmoe.layers.gates import ExpertDropoutGate
 
 @register_serializable
@@ -143,6 +144,7 @@ class MMoELayer(keras.layers.Layer):
         ]
 
     def __call__(self, inputs, *args, **kwargs):
+        record_call(self, (inputs,) + args, kwargs)  # for keras_mmoe.layers.gating (gate weights in a model)
         # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
         # first, so note the gate input's shape for build() before the first call.
         if not IS_KERAS_3 and not self.built:
@@ -206,6 +208,41 @@ class MMoELayer(keras.layers.Layer):
         if self.return_gate_weights:
             return outputs, gate_weights
         return outputs
+
+    def gate_weights(self, inputs, gate_inputs=None):
+        """The weights the gates put on the experts, in inference mode (no expert dropout).
+
+        Takes the arguments of ``call`` and applies the layer's own gates to ``gate_inputs``
+        (default ``inputs``) with ``training=False``: ``g^k(x_g) = softmax(W_gk x_g / temperature)``
+        for each task ``k``; a shared gate (OMoE) is broadcast to every task. The layer must be
+        built (called once). To read them inside a model, see :mod:`keras_mmoe.layers.gating`.
+
+        Args:
+            inputs: expert input, (batch, d).
+            gate_inputs: optional gate input, (batch, d_g).
+
+        Returns:
+            A tensor (batch, num_tasks, num_experts) whose rows sum to 1, in the layer's
+            compute dtype.
+
+        Example:
+
+        >>> layer = keras_mmoe.MMoELayer(4, 8, task_names=["click", "buy"])
+        >>> outputs = layer(tf.ones((2, 16)))
+        >>> layer.gate_weights(tf.ones((2, 16))).shape
+        TensorShape([2, 2, 4])
+        """
+        if not self.built:
+            raise ValueError(
+                f"MMoELayer '{self.name}' is not built yet: call it on its inputs before reading its gate weights"
+            )
+        x = inputs if gate_inputs is None else gate_inputs
+        _utils.check_rank2(self, "inputs" if gate_inputs is None else "gate_inputs", x.shape)
+        per_gate = [gate(x, training=False) for gate in self.gates]
+        if self.shared_gate:
+            weights = per_gate[0]
+            return tf.broadcast_to(weights[:, None, :], (tf.shape(weights)[0], self.num_tasks, self.num_experts))
+        return tf.stack(per_gate, axis=1)
 
     def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
         batch = tf.TensorShape(inputs_shape)[0]

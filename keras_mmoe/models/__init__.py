@@ -1,10 +1,13 @@
-"""Whole multi-task models: dict inputs, one tower per task, dict outputs keyed by task name."""
+"""Whole multi-task models: named inputs taken by name from any mapping, one tower per task, dict outputs by task."""
 
 from keras_mmoe.models.builders import (
+    build_cgc,
     build_mmoe,
     build_omoe,
+    build_ple,
     build_shared_bottom,
     build_single_task,
+    functional_model,
     make_inputs,
     build_towers,
 )
@@ -25,15 +28,20 @@ BUILDERS = {
     "l2_constrained": build_l2_constrained,
     "cross_stitch": build_cross_stitch,
     "tensor_factorization": build_tensor_factorization,
+    "cgc": build_cgc,
+    "ple": build_ple,
 }
 
 __all__ = [
     "BUILDERS",
+    "build_cgc",
     "build_mmoe",
     "build_omoe",
+    "build_ple",
     "build_shared_bottom",
     "build_single_task",
     "compile_kwargs",
+    "functional_model",
     "make_inputs",
     "normalize_tasks",
     "build_towers",

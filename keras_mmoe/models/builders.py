@@ -1,30 +1,69 @@
 """Builders of whole multi-task models: the MMoE paper's section 5 models.
 
-Every builder returns a Functional ``keras.Model`` whose inputs are a dict of named
-``keras.Input`` (so exported serving signatures have named inputs) and whose outputs are
-a dict keyed by task name, so losses, metrics and ``tf.data`` labels are keyed by task name
-too. Each task has its own tower ``h^k`` (Dense layers, then one output unit: sigmoid for
+Every builder returns a Functional ``keras.Model`` (:func:`functional_model`) whose named
+``keras.Input`` take features by name from any mapping (so ``tf.data`` pipelines and exported
+serving signatures use the names) and whose outputs are a dict keyed by task name, so losses,
+metrics and ``tf.data`` labels are keyed by task name too. Each task has its own tower ``h^k`` (Dense layers, then one output unit: sigmoid for
 binary tasks, linear for regression), computed in float32 under mixed precision.
 
     MMoE           y_k = h^k( sum_i g^k(x)_i f_i(x) )        one gate per task
     OMoE           y_k = h^k( sum_i g(x)_i f_i(x) )          one gate for all tasks
+    CGC            y_k = h^k( sum_i g^k(x)_i S^k(x)_i )      S^k: task k's own experts, then shared ones
+    PLE            CGC levels stacked; level j reads level j-1's task and shared outputs
     Shared-Bottom  y_k = h^k( f(x) )                         one shared MLP bottom
     Single-Task    y_k = h^k( f^k(x) )                       a separate network per task
 """
 
+from typing import Any, Mapping, Optional
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
-from keras_mmoe.layers import MMoELayer
+from keras_mmoe.layers import CGCLayer, MMoELayer, PLELayer
 from keras_mmoe.layers import _utils
+from keras_mmoe.layers.cgc import TASK_GATES
 from keras_mmoe.models.tasks import normalize_tasks, output_activation
+
+
+def functional_model(inputs: Mapping[str, Any], outputs: Any, name: Optional[str] = None) -> "keras.Model":
+    """A Functional model whose named inputs take features by name from any mapping.
+
+    ``keras.Model(dict_of_inputs, outputs)`` matches a batch of features to its inputs by
+    position under Keras 3: a plain dict flattens in sorted key order, but an ``OrderedDict``
+    (what ``tf.data.experimental.make_csv_dataset`` yields) in insertion order, so the
+    features of a CSV file reach the wrong inputs ("Cast string to float is not supported", or
+    silently swapped numbers). A model built from the list of named inputs is matched by the
+    inputs' names under Keras 3 and tf-keras, whatever the mapping's order, and ignores extra
+    features. The list is in sorted key order, the order the dict form used.
+
+    Args:
+        inputs: ``{name: keras.Input(..., name=name)}``; each key must be its Input's name.
+        outputs: the model's outputs (e.g. a dict keyed by task name).
+        name: the model's name.
+
+    Example:
+
+    >>> inputs, encoded = keras_mmoe.features.build_feature_encoder(["age"], ["city"], adapt_data=ds)
+    >>> model = functional_model(inputs, {"click": keras.layers.Dense(1, "sigmoid", name="click")(encoded)})
+    >>> model.fit(ds, ...)   # ds yields ({"city": ..., "age": ...}, labels) in any key order
+    """
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise ValueError(f"`inputs` must be a non-empty dict of named keras.Input, received: {inputs!r}")
+    for key, tensor in inputs.items():
+        input_name = str(getattr(tensor, "name", "")).split(":")[0]
+        if key != input_name:
+            raise ValueError(
+                f"`inputs` key {key!r} holds the keras.Input named {input_name!r}; the model takes features by the "
+                f"Input's name, so name them alike: keras.Input(..., name={key!r})"
+            )
+    return keras.Model([inputs[key] for key in sorted(inputs)], outputs, name=name)
 
 
 def make_inputs(inputs):
     """Normalizes ``inputs`` to a dict of named Keras inputs.
 
     ``inputs`` may be an int ``d`` (one float input ``features`` of shape (d,)), a single
-    ``keras.Input`` (keyed by its name) or a dict of them.
+    ``keras.Input`` (keyed by its name) or a dict of them, each keyed by its Input's name.
     """
     if isinstance(inputs, int) and not isinstance(inputs, bool):
         _utils.check_positive_int("inputs", inputs)
@@ -123,18 +162,112 @@ def build_mmoe(
         seed=seed,
         name="omoe" if shared_gate else "mmoe",
     )
+    towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
+                  dropout=tower_dropout)
+    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name)
+
+
+def _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, gate_key=None):
+    """``layer`` (MMoE, CGC or PLE) on the features, one tower per task, optionally a ``gate_weights`` output.
+
+    ``gate_weights`` is (batch, tasks, experts): the layer's gate weights, or for a layer returning
+    a dict of them, the entry ``gate_key`` (the task gates that feed the towers).
+    """
     result = layer(features, gate_inputs=gate_features) if gate_features is not None else layer(features)
     task_outputs, gate_weights = result if return_gate_weights else (result, None)
-    outputs = build_towers(dict(zip(tasks, task_outputs)), tasks, tower_units, tower_activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(dict(zip(tasks, task_outputs)), tasks, **towers)
     if return_gate_weights:
+        gate_weights = gate_weights if gate_key is None else gate_weights[gate_key]
         outputs["gate_weights"] = keras.layers.Activation("linear", dtype="float32", name="gate_weights")(gate_weights)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_omoe(inputs, tasks, **kwargs):
     """One-gate Mixture-of-Experts: :func:`build_mmoe` with one gate shared by all tasks."""
     kwargs.setdefault("name", "omoe")
     return build_mmoe(inputs, tasks, shared_gate=True, **kwargs)
+
+
+_CGC = object()  # build_ple's num_levels when build_cgc calls it: one level, as a CGCLayer
+
+
+def build_ple(
+    inputs,
+    tasks,
+    *,
+    features=None,
+    gate_features=None,
+    num_levels: int = 2,
+    num_shared_experts: int = 4,
+    num_task_experts: int = 2,
+    expert_units=16,
+    tower_units=(8,),
+    expert_dropout_rate: float = 0.0,
+    gate_temperature: float = 1.0,
+    gate_hidden_units=(),
+    gate_use_bias: bool = True,
+    expert_activation="relu",
+    tower_activation="relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer=None,
+    return_gate_weights: bool = False,
+    seed=None,
+    name: str = "ple",
+):
+    """PLE (Tang et al., RecSys 2020): a :class:`keras_mmoe.PLELayer` named ``ple``, then one tower per task.
+
+    Each of the ``num_levels`` CGC levels gives task ``k``'s gate its ``num_task_experts`` own
+    experts and the ``num_shared_experts`` shared ones; the defaults (4 shared, 2 per task, 16
+    units) give two tasks the 8 experts of :func:`build_mmoe`'s defaults at every level.
+
+    Args:
+        inputs: int d, a keras.Input, or a dict of named keras.Input (the model's inputs).
+        tasks: ``{name: "binary" | "regression"}`` or a list of names (binary).
+        features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
+        gate_features: optional different input read by every gate.
+        num_levels: number of extraction levels (``build_cgc`` is one level, as a CGCLayer).
+        return_gate_weights: add an output ``gate_weights`` (batch, tasks, num_task_experts +
+            num_shared_experts): the last level's task gates, which feed the towers, own experts
+            first (every gate of every level: ``model.get_layer("ple").gate_weights(...)``).
+        Other arguments: see :class:`keras_mmoe.PLELayer` and :func:`build_towers`.
+    """
+    inputs, tasks, features = _resolve(inputs, tasks, features)
+    layer_kwargs = dict(
+        num_shared_experts=num_shared_experts,
+        num_task_experts=num_task_experts,
+        expert_units=expert_units,
+        task_names=list(tasks),
+        expert_activation=expert_activation,
+        expert_dropout_rate=expert_dropout_rate,
+        gate_temperature=gate_temperature,
+        gate_hidden_units=gate_hidden_units,
+        gate_use_bias=gate_use_bias,
+        kernel_regularizer=kernel_regularizer,
+        return_gate_weights=return_gate_weights,
+        seed=seed,
+    )
+    if num_levels is _CGC:
+        layer, task_gates = CGCLayer(name="cgc", **layer_kwargs), TASK_GATES
+    else:
+        layer = PLELayer(num_levels=num_levels, name="ple", **layer_kwargs)
+        task_gates = f"level_{layer.num_levels - 1}_{TASK_GATES}"
+    towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
+                  dropout=tower_dropout)
+    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, task_gates)
+
+
+def build_cgc(inputs, tasks, **kwargs):
+    """CGC (Tang et al., RecSys 2020): a :class:`keras_mmoe.CGCLayer` named ``cgc``, then one tower per task.
+
+    The arguments of :func:`build_ple` but ``num_levels``; ``gate_weights`` (with
+    ``return_gate_weights=True``) is the CGC's task gates.
+    """
+    if "num_levels" in kwargs:
+        raise ValueError(
+            f"build_cgc builds one level; use build_ple for `num_levels`, received: num_levels={kwargs['num_levels']!r}"
+        )
+    kwargs.setdefault("name", "cgc")
+    return build_ple(inputs, tasks, num_levels=_CGC, **kwargs)
 
 
 def build_shared_bottom(
@@ -153,7 +286,7 @@ def build_shared_bottom(
     inputs, tasks, features = _resolve(inputs, tasks, features)
     bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer)
     outputs = build_towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)
 
 
 def build_single_task(
@@ -177,4 +310,4 @@ def build_single_task(
     units = _utils.check_units("hidden_units", hidden_units)
     hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer) for t in tasks}
     outputs = build_towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
-    return keras.Model(inputs, outputs, name=name)
+    return functional_model(inputs, outputs, name=name)

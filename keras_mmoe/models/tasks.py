@@ -1,6 +1,9 @@
 """Task specifications: name -> kind, and the losses, metrics and output activations that follow."""
 
+from __future__ import annotations
+
 from collections import OrderedDict
+from typing import Mapping, Sequence
 
 from keras_mmoe._keras import keras
 from keras_mmoe._validation import resolve_task_names
@@ -8,7 +11,7 @@ from keras_mmoe._validation import resolve_task_names
 TASK_KINDS = ("binary", "regression")
 
 
-def normalize_tasks(tasks):
+def normalize_tasks(tasks: Mapping[str, str] | Sequence) -> OrderedDict:
     """Returns an ordered ``{task_name: kind}`` from a dict, a list of names (binary) or pairs.
 
     ``kind`` is ``"binary"`` (sigmoid output, binary cross-entropy, AUC) or
@@ -27,11 +30,11 @@ def normalize_tasks(tasks):
     return OrderedDict(zip(names, (kind for _, kind in items)))
 
 
-def output_activation(kind):
+def output_activation(kind: str) -> str | None:
     return "sigmoid" if kind == "binary" else None
 
 
-def compile_kwargs(tasks, loss_weights=None):
+def compile_kwargs(tasks: Mapping[str, str] | Sequence, loss_weights: Mapping[str, float] | None = None) -> dict:
     """``loss`` and ``metrics`` dicts keyed by task name, ready for ``model.compile(**...)``."""
     tasks = normalize_tasks(tasks)
     loss, metrics = {}, {}

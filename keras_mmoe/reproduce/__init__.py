@@ -1,4 +1,4 @@
-"""Reproductions of the papers' experiments, run by ``keras-mmoe reproduce <study>``.
+"""Reproductions of the papers' experiments, as plain functions.
 
 * :mod:`keras_mmoe.reproduce.census`: the census-income benchmark of the MMoE paper (section 6.3)
   with its seven models, test AUC per task beside the paper's table.
@@ -7,8 +7,10 @@
 * :mod:`keras_mmoe.reproduce.polarization`: gate polarization with and without expert dropout
   (the YouTube fix).
 
-Each study module exposes ``add_arguments(parser)`` and ``run(args)`` for the command line and
-plain functions for use from Python; outputs are Markdown + JSON tables and PNG plots.
+Each study module has ``study(**settings, progress=None) -> record`` (a dict of every run, the
+summary, the settings and the environment; ``progress`` is called with one line per step) and
+``write_outputs(record, out_dir)`` (Markdown and JSON tables, PNG plots). ``keras-mmoe reproduce``
+(:mod:`keras_mmoe.cli.reproduce`) is the command line over them.
 """
 
 #: Study modules under keras_mmoe.reproduce, in the order `keras-mmoe reproduce --help` lists them.

@@ -15,17 +15,33 @@ Recipe (the paper gives the data, the split, the metric and the model family; th
 * result: test AUC per task of every run; per model the mean, sample std and best over runs.
 
 Each run ``r`` uses seed ``seed + r`` for the weights and the shuffling; the data split is the
-same for all runs (``--data-seed``).
+same for all runs (``data_seed``). :func:`study` runs it all (settings in, a record out, progress
+through a callback) and :func:`write_outputs` writes ``census_group<G>.md`` and ``.json``.
+
+Example::
+
+    from keras_mmoe.reproduce import census
+    record = census.study(group=1, runs=3, progress=print)
+    census.write_outputs(record, "results")
 """
 
-import time
+from __future__ import annotations
 
+import os
+import time
+from typing import Sequence
+
+from keras_mmoe import _validation
 from keras_mmoe.reproduce import paper, report
 
 MODELS = ("single_task", "shared_bottom", "l2_constrained", "cross_stitch", "tensor_factorization", "omoe", "mmoe")
 
 
-def build_model(name, data, seed):
+#: Settings of a quick smoke run (``keras-mmoe reproduce census --quick``).
+QUICK = {"runs": 1, "epochs": 1, "max_rows": 3000}
+
+
+def build_model(name: str, data, seed: int):
     """Builds and compiles census model ``name`` on ``data``'s raw features (seeded)."""
     from keras_mmoe._keras import keras
     from keras_mmoe.features import census_feature_encoder
@@ -37,18 +53,15 @@ def build_model(name, data, seed):
     return BUILDERS[name](inputs, list(data.task_names), features=encoded, name=name, **sizes)
 
 
-def _compile(model, tasks, learning_rate):
+def _compile(model, tasks, learning_rate: float) -> None:
     from keras_mmoe._keras import keras
     from keras_mmoe.models import compile_kwargs
 
-    kwargs = compile_kwargs(tasks)
-    try:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False, **kwargs)
-    except TypeError:  # tf-keras < 2.8 has no jit_compile argument
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False, **compile_kwargs(tasks))
 
 
-def train_run(data, name, seed, *, epochs=10, patience=2, learning_rate=1e-3, verbose=2):
+def train_run(data, name: str, seed: int, *, epochs: int = 10, patience: int = 2, learning_rate: float = 1e-3,
+              verbose: int = 2):
     """Trains one model and returns ``(model, record)``: test AUC per task, epochs, seconds."""
     from keras_mmoe._keras import keras
 
@@ -63,6 +76,7 @@ def train_run(data, name, seed, *, epochs=10, patience=2, learning_rate=1e-3, ve
         validation_data=data.validation,
         epochs=epochs,
         callbacks=[stop],
+        shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )
     results = model.evaluate(data.test, verbose=0, return_dict=True)
@@ -75,12 +89,14 @@ def train_run(data, name, seed, *, epochs=10, patience=2, learning_rate=1e-3, ve
         "best_epoch": int(max(range(len(val)), key=val.__getitem__)) + 1,
         "validation_auc": {data.main_task: float(max(val))},
         "test_auc": {task: float(results[f"{task}_auc"]) for task in data.task_names},
+        "test_loss": {task: float(results[f"{task}_loss"]) for task in data.task_names},
+        "test_rows": int(data.num_rows["test"]),
         "seconds": round(time.perf_counter() - start, 1),
     }
     return model, record
 
 
-def summarize(runs, task_names, group):
+def summarize(runs: list, task_names: Sequence[str], group: int) -> dict:
     """Per model: test AUC statistics per task over runs, with the paper's numbers beside them."""
     summary = {}
     for name in dict.fromkeys(r["model"] for r in runs):
@@ -103,7 +119,7 @@ def summarize(runs, task_names, group):
     return summary
 
 
-def to_markdown(summary, task_names, group, setup_text=""):
+def to_markdown(summary: dict, task_names: Sequence[str], group: int, setup_text: str = "") -> str:
     main, aux = task_names
     header = [
         "method", "params", "runs", "epochs (mean)",
@@ -125,9 +141,14 @@ def to_markdown(summary, task_names, group, setup_text=""):
     return title + report.markdown_table(header, rows) + ("\n" + setup_text + "\n" if setup_text else "")
 
 
-def run_study(data, models, runs, *, seed=0, epochs=10, patience=2, learning_rate=1e-3, progress=None,
-              export_dir=None, verbose=2):
-    """Trains ``runs`` runs of every model; returns the record (runs, summary, export path)."""
+def run_study(data, models: Sequence[str], runs: int, *, seed: int = 0, epochs: int = 10, patience: int = 2,
+              learning_rate: float = 1e-3, progress: report.Progress | None = None, export_dir: str | None = None,
+              verbose: int = 2) -> dict:
+    """Trains ``runs`` runs of every model on loaded ``data``; returns ``{"runs", "summary", "export"}``.
+
+    With ``export_dir``, the MMoE run with the best validation AUC so far is exported there for TF
+    Serving, with its training record (data settings included) in the version's metadata, so
+    ``keras-mmoe evaluate`` scores it on the test rows of the same split."""
     records, best = [], (None, -1.0)
     total = len(models) * runs
     for name in models:
@@ -148,7 +169,15 @@ def run_study(data, models, runs, *, seed=0, epochs=10, patience=2, learning_rat
             if export_dir and name == "mmoe" and main_val > best[1]:
                 from keras_mmoe.serving import export_for_serving
 
-                best = (export_for_serving(model, export_dir, version=None), main_val)
+                metadata = {
+                    "written_by": "keras-mmoe reproduce census",
+                    "model": name,
+                    "tasks": {t: "binary" for t in data.task_names},
+                    "data": {"source": "census", "group": data.group, "data_seed": data.seed,
+                             "max_rows": data.max_rows},
+                    "run": record,
+                }
+                best = (export_for_serving(model, export_dir, version=None, metadata=metadata), main_val)
                 if progress:
                     progress(f"exported the MMoE run with the best validation AUC so far: {best[0]}")
     return {
@@ -158,76 +187,63 @@ def run_study(data, models, runs, *, seed=0, epochs=10, patience=2, learning_rat
     }
 
 
-# --- command line: `keras-mmoe reproduce census` -----------------------------------------------
 
 
-def add_arguments(parser):
-    parser.add_argument("--group", type=int, default=1, help="task group: 1 (income, marital) or 2 (education, marital)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per model (default: 3)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL",
-                        help=f"models to train (default: all seven: {' '.join(MODELS)})")
-    parser.add_argument("--epochs", type=int, default=10, help="maximum epochs per run (default: 10)")
-    parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default: 2)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of run 1; run r uses seed + r - 1")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the validation/test split (default: 0)")
-    parser.add_argument("--data-dir", default=None,
-                        help="census data directory (default: $KERAS_MMOE_DATA_DIR or ~/.keras_mmoe/data; "
-                        "downloaded when absent)")
-    parser.add_argument("--max-rows", type=int, default=None, help="use only the first rows of each file")
-    parser.add_argument("--out-dir", default="results", help="where census_group<G>.md/.json go (default: results)")
-    parser.add_argument("--export-dir", default=None,
-                        help="also export the MMoE run with the best validation AUC for TF Serving here")
-    parser.add_argument("--quick", action="store_true", help="3000 rows, 1 epoch, 1 run: a smoke run")
-
-
-def run(args):
-    import os
-
-    from keras_mmoe.cli.common import CLIError, say
-
-    if args.group not in (1, 2):
-        raise CLIError(f"--group must be 1 or 2, received {args.group}")
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        raise CLIError(f"unknown model(s) {unknown} for --models; choose from {list(MODELS)}")
-    for flag in ("runs", "epochs", "patience"):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"--{flag} must be >= 1, received {getattr(args, flag)}")
-    if args.max_rows is not None and args.max_rows < 10:
-        raise CLIError(f"--max-rows must be >= 10, received {args.max_rows}")
-    if not args.learning_rate > 0:
-        raise CLIError(f"--learning-rate must be > 0, received {args.learning_rate}")
-    runs, epochs, max_rows = (1, 1, 3000) if args.quick else (args.runs, args.epochs, args.max_rows)
-
-    say("importing TensorFlow")
+def study(
+    *,
+    group: int = 1,
+    models: Sequence[str] = MODELS,
+    runs: int = 3,
+    epochs: int = 10,
+    patience: int = 2,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    data_seed: int = 0,
+    max_rows: int | None = None,
+    data_dir: str | None = None,
+    export_dir: str | None = None,
+    progress: report.Progress | None = None,
+    verbose: int = 2,
+) -> dict:
+    """The census study: loads task group ``group`` (split seeded by ``data_seed``), trains ``runs``
+    runs of each of ``models`` and returns the record: every run, the summary beside the paper's
+    numbers, the settings, the environment, the targets and the export (None without
+    ``export_dir``). Raises ValueError naming a bad argument before any work."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"`models` must name some of {list(MODELS)}, received: models={list(models)!r}")
+    for name, value in (("runs", runs), ("epochs", epochs), ("patience", patience)):
+        _validation.check_positive_int(name, value)
+    _validation.check_positive_float("learning_rate", learning_rate)
+    _validation.check_seed("seed", seed)
+    _validation.check_seed("data_seed", data_seed)
+    if group not in paper.CENSUS_AUC:
+        raise ValueError(f"`group` must be 1 (income, marital) or 2 (education, marital), received: group={group!r}")
+    progress = progress or report.silent
+    start = time.perf_counter()
     from keras_mmoe.data import load_census_income
 
-    say(f"loading census-income group {args.group}" + (f" (first {max_rows} rows)" if max_rows else ""))
-    data = load_census_income(args.data_dir, group=args.group, seed=args.data_seed, max_rows=max_rows)
-    say(f"tasks {list(data.task_names)}; rows {data.num_rows}; label correlation {data.label_correlation:.4f}")
-    say(f"{len(args.models)} models x {runs} runs, up to {epochs} epochs each")
-    start = time.perf_counter()
-    study = run_study(
-        data, list(args.models), runs, seed=args.seed, epochs=epochs, patience=args.patience,
-        learning_rate=args.learning_rate, progress=say, export_dir=args.export_dir,
-    )
-    default_command = (
-        f"keras-mmoe reproduce census --group {args.group} --runs {args.runs} --epochs {args.epochs} "
-        f"--models {' '.join(args.models)} --out-dir {args.out_dir}" + (" --quick" if args.quick else "")
-    )
-    command = report.command_line(default_command)
-    settings = dict(group=args.group, runs=runs, epochs=epochs, patience=args.patience,
-                    learning_rate=args.learning_rate, seed=args.seed, data_seed=args.data_seed,
-                    max_rows=max_rows, batch_size=data.batch_size, rows=data.num_rows)
-    setup = (f"Setup: {settings}. Total time {time.perf_counter() - start:.0f} s.\n"
-             f"Command: `{command}`")
-    text = to_markdown(study["summary"], list(data.task_names), args.group, setup)
-    base = os.path.join(args.out_dir, f"census_group{args.group}")
-    record = dict(study, task_names=list(data.task_names), settings=settings, command=command,
-                  environment=report.environment(), targets=paper.CENSUS_TARGETS.get(args.group))
-    report.write_json(base + ".json", record)
-    report.write_text(base + ".md", text)
-    print(text)
-    say(f"wrote {base}.md and {base}.json")
-    return 0
+    progress(f"loading census-income group {group}" + (f" (first {max_rows} rows)" if max_rows else ""))
+    data = load_census_income(data_dir, group=group, seed=data_seed, max_rows=max_rows)
+    progress(f"tasks {list(data.task_names)}; rows {data.num_rows}; label correlation {data.label_correlation:.4f}")
+    progress(f"{len(models)} models x {runs} runs, up to {epochs} epochs each")
+    result = run_study(data, list(models), runs, seed=seed, epochs=epochs, patience=patience,
+                       learning_rate=learning_rate, progress=progress, export_dir=export_dir, verbose=verbose)
+    settings = dict(group=group, models=list(models), runs=runs, epochs=epochs, patience=patience,
+                    learning_rate=learning_rate, seed=seed, data_seed=data_seed, max_rows=max_rows,
+                    batch_size=data.batch_size, rows=data.num_rows)
+    return dict(result, task_names=list(data.task_names), settings=settings,
+                seconds=round(time.perf_counter() - start, 1), environment=report.environment(),
+                targets=paper.CENSUS_TARGETS.get(group))
+
+
+def write_outputs(record: dict, out_dir: str) -> dict:
+    """Writes ``census_group<G>.md`` (the table) and ``.json`` (the record; the export as its version
+    number, not a path of this machine) into ``out_dir``; returns ``{"markdown": path, "json": path}``."""
+    group = record["settings"]["group"]
+    base = os.path.join(out_dir, f"census_group{group}")
+    text = to_markdown(record["summary"], record["task_names"], group, report.setup_text(record))
+    portable = {k: v for k, v in record.items() if k != "export"}
+    if record.get("export"):
+        portable["export_version"] = int(os.path.basename(record["export"]))
+    return {"markdown": report.write_text(base + ".md", text), "json": report.write_json(base + ".json", portable)}

@@ -40,16 +40,3 @@ METHOD_NAMES = {
 
 #: This project's targets (issue 4): census MMoE mean test AUC per group and task.
 CENSUS_TARGETS = {1: {"income": 0.940, "marital": 0.992}, 2: {"education": 0.883}}
-
-#: Section 5 of the paper (synthetic study): the setup, for the record.
-SYNTHETIC_SETUP = {
-    "dim": 100,
-    "num_experts": 8,
-    "expert_units": 16,
-    "tower_units": 8,
-    "shared_bottom_units": 113,
-    "params": 13056,
-    "learning_rates": (1e-4, 1e-3, 1e-2),
-    "runs": 200,
-    "correlations": (0.5, 0.9, 1.0),
-}

@@ -17,22 +17,31 @@ and records, on the held-out split, per task:
   ``effective_experts_per_example``; ``unused_experts`` (mean weight below 1 / (10 E));
 * the task's test MSE (what the fix costs or buys).
 
-A run counts as polarized when any task's gate is. Outputs, in ``--out-dir``:
-``polarization.md`` and ``polarization.json`` (every run and the summary, with the command),
-``polarization_rates.png`` (share of polarized runs, per-example effective experts and test loss
-per setting and arm) and ``polarization_max_weight.png`` (distribution of the per-example largest
-gate weight, pooled over seeds and tasks, per setting and arm).
+A run counts as polarized when any task's gate is. :func:`study` runs it (settings in, a record
+out, progress through a callback); :func:`write_outputs` writes ``polarization.md`` and
+``polarization.json`` (every run and the summary), ``polarization_rates.png`` (share of polarized
+runs, per-example effective experts and test loss per setting and arm) and
+``polarization_max_weight.png`` (distribution of the per-example largest gate weight, pooled over
+seeds and tasks, per setting and arm).
 
 Example::
 
-    keras-mmoe reproduce polarization --seeds 8 --out-dir docs/results
+    keras-mmoe reproduce polarization --seeds 8 --out-dir results
+
+    from keras_mmoe.reproduce import polarization
+    record = polarization.study(settings=["0.05:8"], seeds=4, progress=print)
+    polarization.write_outputs(record, "results")
 """
+
+from __future__ import annotations
 
 import os
 import time
+from typing import Sequence
 
 import numpy as np
 
+from keras_mmoe import _validation
 from keras_mmoe.reproduce import report
 
 #: LEARNING_RATE:NUM_EXPERTS[:SHARED_BOTTOM_UNITS] settings of the full study.
@@ -40,9 +49,11 @@ DEFAULT_SETTINGS = ("0.01:8", "0.05:8", "0.05:16", "0.1:8", "0.05:8:64")
 DEFAULT_RATES = (0.0, 0.1)
 TASKS = {"y1": "regression", "y2": "regression"}
 HIST_BINS = np.linspace(0.0, 1.0, 21)
+#: Settings of a quick smoke run (``keras-mmoe reproduce polarization --quick``).
+QUICK = {"seeds": 2, "samples": 2000, "epochs": 1}
 
 
-def parse_setting(text):
+def parse_setting(text: str) -> tuple:
     """``"0.05:8"`` -> ``(0.05, 8, 0)`` and ``"0.05:8:64"`` -> ``(0.05, 8, 64)``: learning rate,
     number of experts and the width of a shared ReLU layer under the MMoE layer (0: none; the
     YouTube placement has one), with a clear error."""
@@ -67,20 +78,20 @@ def parse_setting(text):
 
 
 def train_run(
-    learning_rate,
-    num_experts,
-    expert_dropout_rate,
-    seed,
+    learning_rate: float,
+    num_experts: int,
+    expert_dropout_rate: float,
+    seed: int,
     *,
-    bottom_units=0,
-    samples=20_000,
-    dim=100,
-    correlation=0.5,
-    expert_units=16,
-    epochs=10,
-    batch_size=256,
-    verbose=0,
-):
+    bottom_units: int = 0,
+    samples: int = 20_000,
+    dim: int = 100,
+    correlation: float = 0.5,
+    expert_units: int = 16,
+    epochs: int = 10,
+    batch_size: int = 256,
+    verbose: int = 0,
+) -> dict:
     """Trains one MMoE on synthetic data and returns its gate statistics and test losses (a dict).
 
     The data (``make_synthetic(..., seed=seed)``, 80/20 split) and the initial weights
@@ -112,7 +123,7 @@ def train_run(
         seed=seed,
     )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_kwargs(TASKS))
-    model.fit(train.dataset(batch_size, seed=seed), epochs=epochs, verbose=verbose)
+    model.fit(train.dataset(batch_size, seed=seed), epochs=epochs, shuffle=False, verbose=verbose)
     test_ds = test.dataset(1024, shuffle=False)
     metrics = model.evaluate(test_ds, verbose=0, return_dict=True)
     weights = gate_weights_from_model(model, test_ds)
@@ -136,7 +147,7 @@ def train_run(
     }
 
 
-def summarize(runs):
+def summarize(runs: list) -> list:
     """One row per (learning rate, experts, shared bottom, rate): counts and means over seeds.
 
     ``polarized_runs`` counts runs with any task polarized; task-level figures are means over
@@ -173,7 +184,7 @@ def summarize(runs):
     return rows
 
 
-def to_markdown(summary, settings_text=""):
+def to_markdown(summary: list, settings_text: str = "") -> str:
     head = (
         "| learning rate | experts | shared bottom | expert dropout | runs | polarized runs | examples > 0.9 on one expert "
         "| effective experts (mean gate) | effective experts per example | unused experts per task "
@@ -200,7 +211,7 @@ def _setting_label(setting, sep="\n"):
     return f"lr {lr:g}{sep}{experts} experts" + (f"{sep}shared bottom {bottom}" if bottom else "")
 
 
-def plot_rates(summary):
+def plot_rates(summary: list):
     """Figure: polarized share, per-example effective experts and test loss per setting and arm."""
     from matplotlib.figure import Figure
 
@@ -231,7 +242,7 @@ def plot_rates(summary):
     return fig
 
 
-def plot_max_weight(runs):
+def plot_max_weight(runs: list):
     """Figure: distribution of the per-example largest gate weight, per setting, arms overlaid."""
     from matplotlib.figure import Figure
 
@@ -259,7 +270,8 @@ def plot_max_weight(runs):
     return fig
 
 
-def run_study(settings, rates, seeds, progress=None, **train_kwargs):
+def run_study(settings: Sequence[tuple], rates: Sequence[float], seeds: Sequence[int],
+              progress: report.Progress | None = None, **train_kwargs) -> dict:
     """Trains every (setting, rate, seed) and returns ``{"runs": [...], "summary": [...]}``."""
     runs = []
     total = len(settings) * len(rates) * len(seeds)
@@ -281,61 +293,51 @@ def run_study(settings, rates, seeds, progress=None, **train_kwargs):
     return {"runs": runs, "summary": summarize(runs)}
 
 
-def write_outputs(study, out_dir, command, settings_kwargs):
+def study(
+    *,
+    settings: Sequence = DEFAULT_SETTINGS,
+    rates: Sequence[float] = DEFAULT_RATES,
+    seeds: int = 12,
+    samples: int = 20_000,
+    epochs: int = 10,
+    correlation: float = 0.5,
+    progress: report.Progress | None = None,
+) -> dict:
+    """The polarization study: every (setting, rate, seed 0..seeds-1); returns the record (every run,
+    the summary, the settings, the environment). ``settings`` holds ``"LR:EXPERTS[:BOTTOM]"`` strings
+    or ``(lr, experts, bottom)`` tuples. Raises ValueError naming a bad argument before any work."""
+    parsed = [parse_setting(s) if isinstance(s, str) else parse_setting(":".join(str(v) for v in s)) for s in settings]
+    if not parsed:
+        raise ValueError("`settings` must hold at least one setting, received none")
+    if not rates:
+        raise ValueError("`rates` must hold at least one expert dropout rate, received none")
+    for rate in rates:
+        _validation.check_rate("rates", rate)
+    for name, value in (("seeds", seeds), ("samples", samples), ("epochs", epochs)):
+        _validation.check_positive_int(name, value)
+    _validation.check_correlation("correlation", correlation)
+    progress = progress or report.silent
+    kwargs = dict(samples=samples, epochs=epochs, correlation=correlation)
+    progress(f"polarization study: {len(parsed)} settings x {len(rates)} rates x {seeds} seeds, {kwargs}")
+    start = time.perf_counter()
+    result = run_study(parsed, list(rates), list(range(seeds)), progress=progress, **kwargs)
+    record_settings = dict(kwargs, seeds=seeds, settings=[_setting_text(s) for s in parsed], rates=list(rates))
+    return dict(result, settings=record_settings, seconds=round(time.perf_counter() - start, 1),
+                environment=report.environment())
+
+
+def _setting_text(setting: tuple) -> str:
+    lr, experts, bottom = setting
+    return f"{lr:g}:{experts}" + (f":{bottom}" if bottom else "")
+
+
+def write_outputs(record: dict, out_dir: str) -> dict:
     """Writes polarization.md / .json and the two PNGs into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, f"polarization{suffix}") for name, suffix in [
         ("markdown", ".md"), ("json", ".json"), ("rates", "_rates.png"), ("max_weight", "_max_weight.png")]}
-    settings_text = "Setup: " + ", ".join(f"{k}={v}" for k, v in settings_kwargs.items()) + f".\nCommand: `{command}`"
-    report.write_text(paths["markdown"], to_markdown(study["summary"], settings_text))
-    report.write_json(paths["json"], dict(study, command=command, settings=settings_kwargs,
-                                          environment=report.environment()))
-    plot_rates(study["summary"]).savefig(paths["rates"], dpi=110)
-    plot_max_weight(study["runs"]).savefig(paths["max_weight"], dpi=110)
+    report.write_text(paths["markdown"], to_markdown(record["summary"], report.setup_text(record)))
+    report.write_json(paths["json"], record)
+    plot_rates(record["summary"]).savefig(paths["rates"], dpi=110)
+    plot_max_weight(record["runs"]).savefig(paths["max_weight"], dpi=110)
     return paths
-
-
-# --- command line: `keras-mmoe reproduce polarization` ---------------------------------------
-
-
-def add_arguments(parser):
-    parser.add_argument(
-        "--settings", nargs="+", default=list(DEFAULT_SETTINGS), metavar="LR:EXPERTS[:BOTTOM]",
-        help="learning rate, number of experts and optional shared-bottom width per setting "
-        f"(default: {' '.join(DEFAULT_SETTINGS)})",
-    )
-    parser.add_argument("--rates", type=float, nargs="+", default=list(DEFAULT_RATES),
-                        help="expert dropout rates compared (default: 0 0.1)")
-    parser.add_argument("--seeds", type=int, default=12, help="seeds per setting and rate (default: 12)")
-    parser.add_argument("--samples", type=int, default=20_000, help="synthetic rows, 80%% train (default: 20000)")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
-    parser.add_argument("--correlation", type=float, default=0.5, help="task correlation p (default: 0.5)")
-    parser.add_argument("--out-dir", default="results", help="where the tables and plots go (default: results)")
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 2000 rows, 1 epoch: a smoke run")
-
-
-def run(args):
-    from keras_mmoe.cli.common import CLIError, say
-
-    settings = [parse_setting(s) for s in args.settings]
-    for rate in args.rates:
-        if not 0.0 <= rate < 1.0:
-            raise CLIError(f"--rates must be in [0, 1), received {rate}")
-    for flag in ("seeds", "samples", "epochs"):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"--{flag} must be >= 1, received {getattr(args, flag)}")
-    if not -1.0 <= args.correlation <= 1.0:
-        raise CLIError(f"--correlation must be in [-1, 1], received {args.correlation}")
-    seeds, samples, epochs = (range(2), 2000, 1) if args.quick else (range(args.seeds), args.samples, args.epochs)
-    kwargs = dict(samples=samples, epochs=epochs, correlation=args.correlation)
-    say(f"polarization study: {len(settings)} settings x {len(args.rates)} rates x {len(seeds)} seeds, {kwargs}")
-    study = run_study(settings, list(args.rates), list(seeds), progress=say, **kwargs)
-    command = report.command_line("keras-mmoe reproduce polarization " + " ".join(
-        [f"--settings {' '.join(args.settings)}", f"--rates {' '.join(f'{r:g}' for r in args.rates)}",
-         f"--seeds {args.seeds}", f"--samples {args.samples}", f"--epochs {args.epochs}",
-         f"--correlation {args.correlation:g}", f"--out-dir {args.out_dir}"] + (["--quick"] if args.quick else [])))
-    paths = write_outputs(study, args.out_dir, command, dict(kwargs, seeds=len(seeds)))
-    print(to_markdown(study["summary"]))
-    for path in paths.values():
-        say(f"wrote {path}")
-    return 0

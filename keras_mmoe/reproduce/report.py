@@ -1,15 +1,24 @@
 """Shared pieces of the reproduce studies: statistics over runs, Markdown tables, JSON records."""
 
-import json
+from __future__ import annotations
+
 import os
 import platform
-import shlex
-import sys
+from typing import Callable, Iterable
 
 import numpy as np
 
+from keras_mmoe.saving import write_json, write_text  # noqa: F401  (the studies' writers: atomic)
 
-def aggregate(values):
+#: A study's progress callback: called with one line of text per step.
+Progress = Callable[[str], None]
+
+
+def silent(message: str) -> None:
+    """The default progress callback: says nothing."""
+
+
+def aggregate(values: Iterable[float]) -> dict:
     """``{"mean", "std", "best", "worst", "median", "n"}`` of a list of numbers (std: sample, ddof=1).
 
     ``best`` is the maximum (for AUC); ``worst`` the minimum.
@@ -27,44 +36,32 @@ def aggregate(values):
     }
 
 
-def markdown_table(header, rows):
+def markdown_table(header: list, rows: list) -> str:
     """A Markdown table from a header list and rows of already formatted cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def command_line(default):
-    """The command that is running, for the record (``default`` when not run as ``keras-mmoe``)."""
-    if sys.argv and os.path.basename(sys.argv[0]) == "keras-mmoe":
-        return "keras-mmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return default
+def setup_text(record: dict) -> str:
+    """The lines under a study's table: its settings, total time and, when recorded, the command."""
+    text = f"Setup: {record['settings']}. Total time {record['seconds']:.0f} s."
+    if record.get("command"):
+        text += f"\nCommand: `{record['command']}`"
+    return text
 
 
-def environment():
+def environment() -> dict:
     """Versions and machine facts stored with every result."""
     import tensorflow as tf
 
-    from keras_mmoe import KERAS_FLAVOR
+    from keras_mmoe import KERAS_FLAVOR, __version__
 
     return {
+        "keras_mmoe": __version__,
         "tensorflow": tf.__version__,
         "keras": KERAS_FLAVOR,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-
-
-def write_json(path, record):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-    return path
-
-
-def write_text(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path

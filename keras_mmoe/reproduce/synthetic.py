@@ -16,23 +16,38 @@ Setup (paper section 5, with the choices the paper leaves open stated here):
   (Figure 5's distribution): mean, sample std, min, max per model and correlation, and each
   model's loss increase from correlation 1.0 to 0.5.
 
-Outputs in ``--out-dir``: ``synthetic.md``, ``synthetic.json``, ``synthetic_loss_curves.png``,
+:func:`study` runs it (settings in, a record out, progress through a callback);
+:func:`write_outputs` writes ``synthetic.md``, ``synthetic.json``, ``synthetic_loss_curves.png`` and
 ``synthetic_final_loss.png``.
+
+Example::
+
+    from keras_mmoe.reproduce import synthetic
+    record = synthetic.study(runs=2, epochs=5, progress=print)
+    synthetic.write_outputs(record, "results")
 """
 
+from __future__ import annotations
+
+import os
 import time
+from typing import Sequence
 
 import numpy as np
 
+from keras_mmoe import _validation
 from keras_mmoe.reproduce import report
 
 MODELS = ("mmoe", "omoe", "shared_bottom")
 NAMES = {"mmoe": "MMoE", "omoe": "OMoE", "shared_bottom": "Shared-Bottom"}
 DIM = 100
 TASKS = {"y1": "regression", "y2": "regression"}
+BATCH_SIZE = 256
+#: Settings of a quick smoke run (``keras-mmoe reproduce synthetic --quick``).
+QUICK = {"runs": 2, "samples": 2000, "epochs": 2}
 
 
-def build_model(name, seed, dim=DIM):
+def build_model(name: str, seed: int, dim: int = DIM):
     """MMoE / OMoE (8 x 16 experts, towers 8) or Shared-Bottom of the same size, seeded."""
     from keras_mmoe._keras import keras
     from keras_mmoe.models import BUILDERS, matched_budget_kwargs
@@ -42,7 +57,8 @@ def build_model(name, seed, dim=DIM):
     return BUILDERS[name](dim, TASKS, name=name, **sizes[name])
 
 
-def train_run(name, correlation, seed, *, samples=20_000, epochs=30, learning_rate=1e-3, batch_size=256):
+def train_run(name: str, correlation: float, seed: int, *, samples: int = 20_000, epochs: int = 30,
+              learning_rate: float = 1e-3, batch_size: int = BATCH_SIZE) -> dict:
     """Trains one model on a fresh draw; returns the held-out loss after every epoch and at the end."""
     from keras_mmoe._keras import keras
     from keras_mmoe.data import make_synthetic
@@ -58,6 +74,7 @@ def train_run(name, correlation, seed, *, samples=20_000, epochs=30, learning_ra
         train.dataset(batch_size, seed=seed),
         validation_data=test.dataset(1024, shuffle=False),
         epochs=epochs,
+        shuffle=False,  # the dataset shuffles itself
         verbose=0,
     )
     steps_per_epoch = int(np.ceil(len(train.x) / batch_size))
@@ -75,7 +92,7 @@ def train_run(name, correlation, seed, *, samples=20_000, epochs=30, learning_ra
     }
 
 
-def summarize(runs):
+def summarize(runs: list) -> dict:
     """``{model: {correlation: statistics of the final loss}}`` plus the increase from 1.0 to 0.5."""
     summary = {}
     for name in dict.fromkeys(r["model"] for r in runs):
@@ -93,7 +110,7 @@ def summarize(runs):
     return summary
 
 
-def to_markdown(summary, setup_text=""):
+def to_markdown(summary: dict, setup_text: str = "") -> str:
     corrs = sorted({c for e in summary.values() for c in e["final_loss"]}, key=float, reverse=True)
     header = ["model", "params"] + [f"p = {c}: loss mean ± std [min, max]" for c in corrs] + [
         "increase 1.0 → 0.5"]
@@ -110,7 +127,7 @@ def to_markdown(summary, setup_text=""):
     return title + report.markdown_table(header, rows) + ("\n" + setup_text + "\n" if setup_text else "")
 
 
-def plot_loss_curves(runs):
+def plot_loss_curves(runs: list):
     """Figure 4: mean held-out loss versus training steps, one panel per correlation."""
     from matplotlib.figure import Figure
 
@@ -135,7 +152,7 @@ def plot_loss_curves(runs):
     return fig
 
 
-def plot_final_loss(runs):
+def plot_final_loss(runs: list):
     """Figure 5: distribution of the final held-out loss over runs, per model and correlation."""
     from matplotlib.figure import Figure
 
@@ -158,7 +175,8 @@ def plot_final_loss(runs):
     return fig
 
 
-def run_study(models, correlations, runs, *, seed=0, progress=None, **train_kwargs):
+def run_study(models: Sequence[str], correlations: Sequence[float], runs: int, *, seed: int = 0,
+              progress: report.Progress | None = None, **train_kwargs) -> dict:
     """Every (model, correlation, run); run r of every model uses seed ``seed + r`` (same data)."""
     records = []
     total = len(models) * len(correlations) * runs
@@ -173,61 +191,50 @@ def run_study(models, correlations, runs, *, seed=0, progress=None, **train_kwar
     return {"runs": records, "summary": summarize(records)}
 
 
-# --- command line: `keras-mmoe reproduce synthetic` --------------------------------------------
-
-
-def add_arguments(parser):
-    parser.add_argument("--correlations", type=float, nargs="+", default=[0.5, 0.9, 1.0],
-                        help="task correlations p (default: 0.5 0.9 1.0)")
-    parser.add_argument("--runs", type=int, default=10, help="runs per model and correlation (default: 10)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL",
-                        help=f"models (default: {' '.join(MODELS)})")
-    parser.add_argument("--samples", type=int, default=20_000, help="rows per run, 80%% train (default: 20000)")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of run 1; run r uses seed + r - 1")
-    parser.add_argument("--out-dir", default="results", help="where the tables and plots go (default: results)")
-    parser.add_argument("--quick", action="store_true", help="2 runs, 2000 rows, 2 epochs: a smoke run")
-
-
-def run(args):
-    import os
-
-    from keras_mmoe.cli.common import CLIError, say
-
-    for corr in args.correlations:
-        if not -1.0 <= corr <= 1.0:
-            raise CLIError(f"--correlations must be in [-1, 1], received {corr}")
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        raise CLIError(f"unknown model(s) {unknown} for --models; choose from {list(MODELS)}")
-    for flag in ("runs", "samples", "epochs"):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"--{flag} must be >= 1, received {getattr(args, flag)}")
-    if not args.learning_rate > 0:
-        raise CLIError(f"--learning-rate must be > 0, received {args.learning_rate}")
-    runs, samples, epochs = (2, 2000, 2) if args.quick else (args.runs, args.samples, args.epochs)
-    settings = dict(dim=DIM, samples=samples, epochs=epochs, learning_rate=args.learning_rate, runs=runs,
-                    batch_size=256, seed=args.seed, correlations=list(args.correlations))
-    say(f"synthetic study: {len(args.models)} models x {len(args.correlations)} correlations x {runs} runs; {settings}")
+def study(
+    *,
+    models: Sequence[str] = MODELS,
+    correlations: Sequence[float] = (0.5, 0.9, 1.0),
+    runs: int = 10,
+    samples: int = 20_000,
+    epochs: int = 30,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    progress: report.Progress | None = None,
+) -> dict:
+    """The synthetic study: every (model, correlation, run); returns the record (every run, the
+    summary, the settings, the environment). Raises ValueError naming a bad argument before any work."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"`models` must name some of {list(MODELS)}, received: models={list(models)!r}")
+    if not correlations:
+        raise ValueError("`correlations` must hold at least one correlation, received none")
+    for corr in correlations:
+        _validation.check_correlation("correlations", corr)
+    for name, value in (("runs", runs), ("samples", samples), ("epochs", epochs)):
+        _validation.check_positive_int(name, value)
+    _validation.check_positive_float("learning_rate", learning_rate)
+    _validation.check_seed("seed", seed)
+    progress = progress or report.silent
+    settings = dict(dim=DIM, samples=samples, epochs=epochs, learning_rate=learning_rate, runs=runs,
+                    batch_size=BATCH_SIZE, seed=seed, correlations=list(correlations), models=list(models))
+    progress(f"synthetic study: {len(models)} models x {len(correlations)} correlations x {runs} runs")
     start = time.perf_counter()
-    study = run_study(list(args.models), list(args.correlations), runs, seed=args.seed, progress=say,
-                      samples=samples, epochs=epochs, learning_rate=args.learning_rate)
-    default_command = (
-        f"keras-mmoe reproduce synthetic --correlations {' '.join(f'{c:g}' for c in args.correlations)} "
-        f"--runs {args.runs} --epochs {args.epochs} --samples {args.samples} --learning-rate {args.learning_rate:g} "
-        f"--models {' '.join(args.models)} --out-dir {args.out_dir}" + (" --quick" if args.quick else "")
-    )
-    command = report.command_line(default_command)
-    setup = f"Setup: {settings}. Total time {time.perf_counter() - start:.0f} s.\nCommand: `{command}`"
-    text = to_markdown(study["summary"], setup)
-    base = os.path.join(args.out_dir, "synthetic")
-    report.write_json(base + ".json", dict(study, settings=settings, command=command,
-                                           environment=report.environment()))
-    report.write_text(base + ".md", text)
-    plot_loss_curves(study["runs"]).savefig(base + "_loss_curves.png", dpi=110)
-    plot_final_loss(study["runs"]).savefig(base + "_final_loss.png", dpi=110)
-    print(text)
-    for suffix in (".md", ".json", "_loss_curves.png", "_final_loss.png"):
-        say(f"wrote {base}{suffix}")
-    return 0
+    result = run_study(list(models), list(correlations), runs, seed=seed, progress=progress, samples=samples,
+                       epochs=epochs, learning_rate=learning_rate)
+    return dict(result, settings=settings, seconds=round(time.perf_counter() - start, 1),
+                environment=report.environment())
+
+
+def write_outputs(record: dict, out_dir: str) -> dict:
+    """Writes ``synthetic.md``, ``.json`` and the two figures into ``out_dir``; returns their paths."""
+    base = os.path.join(out_dir, "synthetic")
+    paths = {
+        "markdown": report.write_text(base + ".md", to_markdown(record["summary"], report.setup_text(record))),
+        "json": report.write_json(base + ".json", record),
+        "loss_curves": base + "_loss_curves.png",
+        "final_loss": base + "_final_loss.png",
+    }
+    plot_loss_curves(record["runs"]).savefig(paths["loss_curves"], dpi=110)
+    plot_final_loss(record["runs"]).savefig(paths["final_loss"], dpi=110)
+    return paths

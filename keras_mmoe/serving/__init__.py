@@ -35,6 +35,7 @@ from keras_mmoe.serving.signatures import (
     input_specs,
 )
 from keras_mmoe.serving.warmup import WARMUP_FILE, read_warmup_file
+from keras_mmoe.saving import read_metadata
 
 __all__ = [
     "DEFAULT_SIGNATURE",
@@ -55,6 +56,7 @@ __all__ = [
     "list_versions",
     "make_examples",
     "next_version",
+    "read_metadata",
     "read_warmup_file",
     "rest_examples_body",
     "rest_predict_body",

@@ -26,7 +26,9 @@ Why it is built this way:
 import os
 import secrets
 import shutil
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from keras_mmoe import saving as _saving
 from keras_mmoe._keras import IS_KERAS_3
 from keras_mmoe.serving import warmup as _warmup
 from keras_mmoe.serving.signatures import DEFAULT_SIGNATURE, EXAMPLES_SIGNATURE, ServingFunctions
@@ -34,7 +36,7 @@ from keras_mmoe.serving.signatures import DEFAULT_SIGNATURE, EXAMPLES_SIGNATURE,
 TEMP_PREFIX = ".tmp-export-"
 
 
-def list_versions(base_dir):
+def list_versions(base_dir: Union[str, "os.PathLike[str]"]) -> Dict[int, str]:
     """``{version: directory name}`` of the children of ``base_dir`` that TF Serving loads as versions."""
     versions = {}
     if not os.path.isdir(base_dir):
@@ -45,7 +47,7 @@ def list_versions(base_dir):
     return versions
 
 
-def next_version(base_dir):
+def next_version(base_dir: Union[str, "os.PathLike[str]"]) -> int:
     """One more than the highest numeric version in ``base_dir`` (1 when there is none)."""
     versions = list_versions(base_dir)
     return max(versions) + 1 if versions else 1
@@ -95,8 +97,6 @@ def _save_tf_keras(functions, path, examples_signature):
 
     module = tf.Module()
     module.model = functions.model
-    if functions.gate_weights is not None and functions.gate_weights.sub_model is not None:
-        module.gate_inputs_model = functions.gate_weights.sub_model
     module.serving_default = tf.function(functions.raw, input_signature=functions.raw_signature())
     signatures = {DEFAULT_SIGNATURE: module.serving_default}
     if examples_signature:
@@ -133,20 +133,23 @@ def _install(temp_dir, target, overwrite):
 
 
 def export_for_serving(
-    model,
-    base_dir,
-    version=None,
+    model: Any,
+    base_dir: Union[str, "os.PathLike[str]"],
+    version: Optional[int] = None,
     *,
-    examples_signature=True,
-    include_gate_weights=False,
-    warmup_inputs=None,
-    overwrite=False,
-    example_defaults=None,
-):
+    examples_signature: bool = True,
+    include_gate_weights: bool = False,
+    warmup_inputs: Union[None, Mapping[str, Any], List[Mapping[str, Any]]] = None,
+    overwrite: bool = False,
+    example_defaults: Union[None, str, Mapping[str, Any]] = None,
+    allow_non_finite: Sequence[str] = (),
+    metadata: Optional[Dict[str, Any]] = None,
+) -> str:
     """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
 
     Signatures (tag ``serve``, method ``tensorflow/serving/predict``), all running the model with
-    ``training=False`` (dropout and expert dropout off):
+    ``training=False`` (dropout and expert dropout off) and rejecting NaN and inf in float inputs
+    (see ``allow_non_finite``):
 
     * ``serving_default``: the model's named raw inputs (names, dtypes and shapes of its
       ``keras.Input``, batch dimension ``None``) -> ``{task: (batch, 1)}``: probabilities for
@@ -159,8 +162,10 @@ def export_for_serving(
       features: see ``example_defaults``.
 
     Args:
-        model: Functional Keras model with a dict of named inputs and a dict of outputs keyed by
-            task name (every builder of :mod:`keras_mmoe.models`).
+        model: Functional Keras model. Inputs: a dict (named by key), a list or a single
+            ``keras.Input`` (named by the Input's name). Outputs: a dict keyed by task name, or a
+            list or a single tensor, named by the layers that produce them (see
+            :func:`keras_mmoe.serving.signatures.output_names`).
         base_dir: the model's directory as TF Serving's ``--model_base_path`` sees it.
         version: positive integer; default: one more than the highest numeric version in
             ``base_dir`` (1 when there is none).
@@ -174,12 +179,20 @@ def export_for_serving(
             required; a missing one fails the request with ``InvalidArgumentError`` naming the
             feature), ``"zeros"`` (all optional: 0 or ``""``), or ``{name: default}``. See
             :func:`keras_mmoe.serving.example_feature_spec`.
+        metadata: a dict of JSON values (e.g. the training record: data settings, task kinds,
+            metrics) written to ``assets.extra/keras_mmoe.json`` inside the version before it
+            appears, so each version carries its own; read it with
+            :func:`keras_mmoe.serving.read_metadata`. TF Serving ignores the file.
+        allow_non_finite: names of float inputs passed to the model unchecked. By default every
+            float input is checked in the graph (``tf.debugging.check_numerics``) and a request
+            with NaN or inf in it fails with ``InvalidArgumentError`` naming the input, instead of
+            returning a finite prediction computed from it. List the inputs a model imputes itself.
 
     Returns:
         The version directory, ``base_dir/<version>``.
 
     Raises:
-        ValueError: the model's inputs are not named dense features, outputs not a dict, bad arguments.
+        ValueError: an input or output that cannot be named or served (the message names it), bad arguments.
         FileExistsError: the version exists and ``overwrite`` is False (nothing is changed).
         ImportError: ``warmup_inputs`` given without tensorflow-serving-api installed.
     """
@@ -195,7 +208,10 @@ def export_for_serving(
         raise ValueError(f"`base_dir` must be a directory, received the file {base_dir}")
 
     # Validate everything before touching the filesystem.
-    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults)
+    if metadata is not None:
+        _saving.check_metadata(metadata)
+    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults,
+                                 allow_non_finite=allow_non_finite)
     if examples_signature:
         functions.feature_spec  # noqa: B018 (raises for inputs that cannot be Example features)
     warmup_batches = None
@@ -218,6 +234,8 @@ def export_for_serving(
             model_name = os.path.basename(base_dir)
             requests = _warmup.warmup_requests(warmup_batches, model_name, examples_signature=examples_signature)
             _warmup.write_warmup_file(temp_dir, requests)
+        if metadata is not None:
+            _saving.write_metadata(temp_dir, metadata)
         _install(temp_dir, target, overwrite)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -16,6 +16,9 @@ a TF Serving build that links it.
 """
 
 import os
+from typing import Any, Dict, Iterable, Set, Tuple, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 #: Ops that call back into Python: TF Serving has no Python interpreter to run them.
 DENIED_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
@@ -47,7 +50,7 @@ def _tensor_info(info):
     return {"dtype": dtypes.as_dtype(info.dtype).name, "shape": shape, "tensor": info.name}
 
 
-def describe_signatures(export_dir):
+def describe_signatures(export_dir: PathLike) -> Dict[str, Dict[str, Any]]:
     """``{signature key: {"method", "inputs": {name: info}, "outputs": {name: info}}}`` of the ``serve`` graph.
 
     ``info`` is ``{"dtype", "shape" (None for unknown dims), "tensor" (graph tensor name)}``.
@@ -70,19 +73,19 @@ def describe_signatures(export_dir):
 class OpCheck:
     """Result of :func:`check_serving_ops`: ``ops`` used, ``unregistered`` and ``denied`` ones."""
 
-    def __init__(self, ops, unregistered, denied):
+    def __init__(self, ops: Iterable[str], unregistered: Iterable[str], denied: Iterable[str]):
         self.ops = sorted(ops)
         self.unregistered = sorted(unregistered)
         self.denied = sorted(denied)
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.unregistered and not self.denied
 
     def __repr__(self):
         return f"OpCheck(ok={self.ok}, ops={len(self.ops)}, unregistered={self.unregistered}, denied={self.denied})"
 
-    def summary(self):
+    def summary(self) -> str:
         if self.ok:
             return f"OK: {len(self.ops)} op types, all registered TensorFlow ops, no Python callbacks"
         parts = []
@@ -93,7 +96,7 @@ class OpCheck:
         return "FAILED: " + "; ".join(parts)
 
 
-def collect_ops(export_dir):
+def collect_ops(export_dir: PathLike) -> Set[str]:
     """Every op type in every MetaGraph of the SavedModel: graph nodes and function-library nodes.
 
     Calls of library functions by name are not op types and are left out.
@@ -110,7 +113,7 @@ def collect_ops(export_dir):
     return ops
 
 
-def check_serving_ops(export_dir, raise_on_error=False):
+def check_serving_ops(export_dir: PathLike, raise_on_error: bool = False) -> OpCheck:
     """Checks that every op of the SavedModel is a registered TensorFlow op and none calls Python.
 
     Returns an :class:`OpCheck`; with ``raise_on_error=True`` raises ``ValueError`` listing the
@@ -133,7 +136,7 @@ def _shape_text(shape):
     return "(" + ", ".join("-1" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def format_report(export_dir):
+def format_report(export_dir: PathLike) -> Tuple[str, OpCheck]:
     """A human-readable report of the signatures and the op check (what ``keras-mmoe inspect`` prints)."""
     from keras_mmoe.serving.warmup import WARMUP_FILE
 

@@ -1,35 +1,41 @@
 """Serving signatures of a multi-task Keras model: what goes in, what comes out, and how.
 
-What: from a Functional model with a dict of named inputs and a dict of outputs keyed by
-task name, this module derives
+What: from a Functional model this module derives
 
-* the raw input signature (one ``tf.TensorSpec`` per named input, batch dimension ``None``);
+* the raw input signature: one ``tf.TensorSpec`` per input (batch dimension ``None``), named by
+  the dict key for dict inputs and by the ``keras.Input``'s name for a single input or a list;
 * the ``tf.train.Example`` feature spec of the ``predict_examples`` signature (one
   ``FixedLenFeature`` per input: float, int64 or string, fixed length);
-* the output dict (task name -> tensor; optionally ``<task>_gate_weights``);
+* the output names: the dict keys for dict outputs; for a single output or a list, the name of
+  the layer that produced each output (the task's Dense layer), or the task name of a layer with
+  ``task_names`` that produced several (an MMoELayer used as the model's output);
 * the Python functions that the SavedModel signatures trace, always calling the model with
   ``training=False`` so that dropout, expert dropout and every other training-only behaviour
-  are off.
+  are off, and rejecting NaN and inf in float inputs (``tf.debugging.check_numerics``, a core op)
+  unless the input is listed in ``allow_non_finite``.
 
 Why here and not in the exporter: these rules are the same under Keras 3 and tf-keras; only
 the final "write a SavedModel" step differs (see :mod:`keras_mmoe.serving.export`).
 
 Gate weights (``include_gate_weights=True``): if the model has an output ``gate_weights`` of
 shape (batch, tasks, experts) (``build_mmoe(..., return_gate_weights=True)``), it is split
-per task. Otherwise the model must hold exactly one :class:`keras_mmoe.MMoELayer` at its top
-level; a sub-model sharing the model's layers computes that layer's inputs (expert input and
-optional gate input) and the serving function applies the layer's own gates to them with
-``training=False``. The same variables are used, nothing is copied, and it works the same
-under both Keras versions. Each task ``t`` then gets an output ``t_gate_weights`` of shape
-(batch, num_experts), the softmax weights its gate puts on each expert.
+per task. Otherwise the model must hold exactly one gated layer (an MMoELayer, CGCLayer or
+PLELayer, nested models searched), called once: the serving function runs the model and applies
+that layer's own ``gate_weights`` (``training=False``) to the tensors it was called on
+(:mod:`keras_mmoe.layers.gating`), in the same graph, with the same variables. Each task ``t``
+then gets an output ``t_gate_weights`` of shape (batch, num_experts), the softmax weights its
+gate puts on each expert (for CGC/PLE, the last level's task gate: the task's own experts, then
+the shared ones).
 """
 
 import re
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from keras_mmoe._keras import IS_KERAS_3, keras
+from keras_mmoe._keras import keras
+from keras_mmoe.layers.gating import find_gated_layers, run_with_gate_weights, task_gate_weights
 
 #: Signature key of the raw-feature signature (TF Serving's default).
 DEFAULT_SIGNATURE = "serving_default"
@@ -43,7 +49,6 @@ GATE_WEIGHTS_SUFFIX = "_gate_weights"
 MODEL_GATE_WEIGHTS_OUTPUT = "gate_weights"
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
 
 def _dtype(x):
     return tf.as_dtype(x.dtype)  # a string under Keras 3, a tf.DType under tf-keras
@@ -60,30 +65,64 @@ def _structure(model, attr):
         ) from None
 
 
-def input_specs(model):
-    """The raw input signature: ``{name: tf.TensorSpec}`` taken from the model's dict inputs.
+def _is_tensor(x):
+    return hasattr(x, "shape") and hasattr(x, "dtype")
 
-    Raises ``ValueError`` naming the problem when the model's inputs are not a dict of named,
-    dense tensors of a float, integer or string dtype (a list of inputs, a single unnamed input,
-    sparse or ragged inputs, bool inputs...).
-    """
+
+def _tensor_name(tensor):
+    return str(getattr(tensor, "name", "") or "").split(":")[0]
+
+
+def _named_inputs(model):
+    """``[(name, keras tensor)]`` in the order of the model's flat inputs, and the structure kind."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, received: {type(model).__name__}")
     inputs = _structure(model, "input")
-    if not isinstance(inputs, dict):
-        count = len(inputs) if isinstance(inputs, (list, tuple)) else 1
-        raise ValueError(
-            "Serving signatures need named inputs: build the model with a dict of named inputs, "
-            "e.g. keras.Model({'age': keras.Input((1,), name='age'), ...}, outputs); received a model "
-            f"whose inputs are a {type(inputs).__name__} of {count} unnamed tensor(s)"
-        )
-    specs = {}
-    for name, tensor in inputs.items():
-        if not isinstance(name, str) or not _NAME.match(name):
+    if isinstance(inputs, Mapping):
+        kind, entries = "dict", list(inputs.items())
+        for name, tensor in entries:
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(
+                    "Each input name must match [A-Za-z][A-Za-z0-9_]* to be a serving input key, "
+                    f"received the input name {name!r}"
+                )
+    else:
+        kind = "list" if isinstance(inputs, (list, tuple)) else "single"
+        tensors = list(inputs) if kind == "list" else [inputs]
+        entries = [(_tensor_name(t), t) for t in tensors]
+        for name, _ in entries:
+            if not _NAME.match(name):
+                raise ValueError(
+                    "Each input name must match [A-Za-z][A-Za-z0-9_]* to be a serving input key, received "
+                    f"the keras.Input named {name!r}; name it with keras.Input(..., name='...')"
+                )
+    for name, tensor in entries:
+        if not _is_tensor(tensor):
             raise ValueError(
-                "Each input name must match [A-Za-z][A-Za-z0-9_]* to be a serving input key, "
-                f"received the input name {name!r}"
+                f"Input {name!r} is a {type(tensor).__name__}, not a tensor: serving signatures take a dict, "
+                "a list or a single keras.Input, not nested structures"
             )
+    names = [name for name, _ in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Two inputs of the model are named {duplicates[0]!r}; serving inputs are keyed by name, "
+            "so give each keras.Input its own name"
+        )
+    return kind, entries
+
+
+def input_specs(model: "keras.Model") -> Dict[str, tf.TensorSpec]:
+    """The raw input signature: ``{name: tf.TensorSpec}`` of the model's inputs.
+
+    Names are the dict keys of dict inputs, and the ``keras.Input`` names of a single input or a
+    list of inputs. Raises ``ValueError`` naming the problem when an input cannot be a serving
+    input: a name that is not ``[A-Za-z][A-Za-z0-9_]*``, two inputs of one name, the reserved
+    name ``examples``, sparse or ragged inputs, dtypes other than float, integer or string.
+    """
+    _, entries = _named_inputs(model)
+    specs = {}
+    for name, tensor in entries:
         if name == EXAMPLES_INPUT:
             raise ValueError(
                 f"The input name {name!r} is reserved for the serialized examples of the "
@@ -105,7 +144,10 @@ def input_specs(model):
     return specs
 
 
-def example_feature_spec(model_or_specs, defaults=None):
+def example_feature_spec(
+    model_or_specs: Union["keras.Model", Mapping[str, tf.TensorSpec]],
+    defaults: Union[None, str, Mapping[str, Any]] = None,
+) -> Dict[str, tf.io.FixedLenFeature]:
     """The ``tf.io.parse_example`` spec of the ``predict_examples`` signature.
 
     Each input becomes a ``tf.io.FixedLenFeature`` with the input's shape without the batch
@@ -162,88 +204,102 @@ def example_feature_spec(model_or_specs, defaults=None):
     return feature_spec
 
 
-def output_names(model):
-    """The task output names of ``model`` (its dict output keys, without ``gate_weights``)."""
+def _producer(model, tensor):
+    """``(layer, position)``: the layer of ``model`` whose (first call's) outputs hold ``tensor``."""
+    for layer in model.layers:
+        try:
+            produced = tf.nest.flatten(layer.output)
+        except (AttributeError, ValueError, RuntimeError):  # never called, or called several times
+            continue
+        for position, candidate in enumerate(produced):
+            if candidate is tensor:
+                return layer, position
+    return None, None
+
+
+def _flat_output_names(model):
+    """One name per flat model output, in the order the model returns them (see the module docstring)."""
     outputs = _structure(model, "output")
-    if not isinstance(outputs, dict):
+    if isinstance(outputs, Mapping):
+        names = list(outputs)
+        for name in names:
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(
+                    f"Each output name must match [A-Za-z][A-Za-z0-9_]*, received the output name {name!r}"
+                )
+        return names
+    names = []
+    for index, tensor in enumerate(tf.nest.flatten(outputs)):
+        layer, position = _producer(model, tensor)
+        if layer is None:
+            raise ValueError(
+                f"Output {index} of the model does not come from a layer called once (it comes from a nested "
+                "model, a shared layer or a raw op), so it has no name; pass it through its own named layer (e.g. "
+                "keras.layers.Identity(name='click')) or return a dict keyed by task name"
+            )
+        if len(tf.nest.flatten(layer.output)) == 1:
+            name = layer.name
+        else:
+            tasks = list(getattr(layer, "task_names", None) or [])
+            if position < len(tasks):
+                name = tasks[position]
+            elif position == len(tasks) and tasks and getattr(layer, "return_gate_weights", False):
+                name = MODEL_GATE_WEIGHTS_OUTPUT
+            else:
+                raise ValueError(
+                    f"Output {index} of the model is output {position} of layer {layer.name!r}, which has several "
+                    "outputs and no task name for it; give each output its own named layer "
+                    "(e.g. keras.layers.Identity(name='click')) or return a dict keyed by task name"
+                )
+        if not _NAME.match(name):
+            raise ValueError(
+                f"Output {index} of the model is named {name!r}; output names must match [A-Za-z][A-Za-z0-9_]*: "
+                "name the output layer (e.g. keras.layers.Dense(1, name='click')) or return a dict keyed by task name"
+            )
+        names.append(name)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
         raise ValueError(
-            "Serving signatures name outputs by task: the model must return a dict keyed by task name, "
-            f"received a model whose outputs are a {type(outputs).__name__}"
+            f"Two outputs of the model are named {duplicates[0]!r}; serving outputs are keyed by name, so give "
+            "each output layer its own name or return a dict keyed by task name"
         )
-    names = [k for k in outputs if k != MODEL_GATE_WEIGHTS_OUTPUT]
-    for name in names:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"Each output name must match [A-Za-z][A-Za-z0-9_]*, received the output name {name!r}")
+    return names
+
+
+def output_names(model: "keras.Model") -> List[str]:
+    """The task output names of ``model``, without ``gate_weights``.
+
+    Dict outputs: the keys. A single output or a list: the names of the layers that produce
+    them (a layer with ``task_names`` and several outputs, such as an MMoELayer, names them by task).
+    """
+    names = [k for k in _flat_output_names(model) if k != MODEL_GATE_WEIGHTS_OUTPUT]
     if not names:
         raise ValueError("The model has no task output to serve")
     return names
 
 
-def _mmoe_layers(model):
-    from keras_mmoe.layers import MMoELayer  # lazy: the serving module does not need the layers otherwise
-
-    return [layer for layer in model.layers if isinstance(layer, MMoELayer)]
-
-
-def _node_arguments(layer):
-    nodes = layer._inbound_nodes
-    if len(nodes) != 1:
-        raise ValueError(
-            f"include_gate_weights=True needs the MMoELayer {layer.name!r} to be called exactly once in the "
-            f"model, it is called {len(nodes)} times"
-        )
-    node = nodes[0]
-    if IS_KERAS_3:
-        args, kwargs = node.arguments.args, node.arguments.kwargs
-    else:
-        args, kwargs = node.call_args, node.call_kwargs
-    inputs = args[0] if args else kwargs.get("inputs")
-    gate_inputs = args[1] if len(args) > 1 else kwargs.get("gate_inputs")
-    return inputs, gate_inputs
-
-
 class GateWeights:
     """Computes each task's gate weights of a model at serving time (see the module docstring)."""
 
-    def __init__(self, model):
-        outputs = _structure(model, "output")
-        self.from_output = isinstance(outputs, dict) and MODEL_GATE_WEIGHTS_OUTPUT in outputs
-        layers = _mmoe_layers(model)
+    def __init__(self, model: "keras.Model", all_output_names: Sequence[str]):
+        self.from_output = MODEL_GATE_WEIGHTS_OUTPUT in all_output_names
+        layers = find_gated_layers(model)
         if len(layers) != 1:
             raise ValueError(
-                "include_gate_weights=True needs exactly one MMoELayer at the top level of the model, "
-                f"found {len(layers)} in model {model.name!r}"
-                + ("" if layers else " (a model nested inside another model is not searched)")
+                "include_gate_weights=True needs exactly one MMoELayer, CGCLayer or PLELayer in the model (nested "
+                "models searched), "
+                f"found {len(layers)} in model {model.name!r}" + (f": {[p for p, _ in layers]}" if layers else "")
             )
-        self.layer = layers[0]
+        self.path, self.layer = layers[0]
         self.task_names = list(self.layer.task_names)
-        self.sub_model = None
-        if not self.from_output:
-            inputs, gate_inputs = _node_arguments(self.layer)
-            targets = [inputs] if gate_inputs is None else [inputs, gate_inputs]
-            # Shares every layer (and variable) with `model`; computes the MMoELayer's inputs.
-            self.sub_model = keras.Model(_structure(model, "input"), targets, name=f"{model.name}_gate_inputs")
 
-    def names(self):
+    def names(self) -> List[str]:
         return [f"{task}{GATE_WEIGHTS_SUFFIX}" for task in self.task_names]
 
-    def __call__(self, inputs, model_outputs):
-        """``{<task>_gate_weights: (batch, num_experts)}`` for the batch ``inputs``."""
-        if self.from_output:
-            weights = model_outputs[MODEL_GATE_WEIGHTS_OUTPUT]
-        else:
-            values = self.sub_model(inputs, training=False)
-            values = values if isinstance(values, (list, tuple)) else [values]
-            gate_inputs = values[-1]
-            per_gate = [gate(gate_inputs, training=False) for gate in self.layer.gates]
-            if len(per_gate) == 1 and len(self.task_names) > 1:  # OMoE: one gate for all tasks
-                per_gate = per_gate * len(self.task_names)
-            weights = tf.stack(per_gate, axis=1)
+    def split(self, weights) -> Dict[str, tf.Tensor]:
+        """``{<task>_gate_weights: (batch, num_experts)}`` from weights (batch, tasks, experts)."""
         weights = tf.cast(weights, tf.float32)
-        return {
-            name: tf.identity(weights[:, k, :], name=name)
-            for k, name in enumerate(self.names())
-        }
+        return {name: tf.identity(weights[:, k, :], name=name) for k, name in enumerate(self.names())}
 
 
 class ServingFunctions:
@@ -253,11 +309,20 @@ class ServingFunctions:
     serialized ``tf.train.Example``. Both return ``{output name: tensor}``.
     """
 
-    def __init__(self, model, *, include_gate_weights=False, example_defaults=None):
+    def __init__(
+        self,
+        model: "keras.Model",
+        *,
+        include_gate_weights: bool = False,
+        example_defaults: Union[None, str, Mapping[str, Any]] = None,
+        allow_non_finite: Sequence[str] = (),
+    ):
         self.model = model
+        self.input_kind, entries = _named_inputs(model)
         self.input_specs = input_specs(model)
+        self.all_output_names = _flat_output_names(model)
         self.task_names = output_names(model)
-        self.gate_weights = GateWeights(model) if include_gate_weights else None
+        self.gate_weights = GateWeights(model, self.all_output_names) if include_gate_weights else None
         if self.gate_weights is not None:
             clash = sorted(set(self.gate_weights.names()) & set(self.task_names))
             if clash:
@@ -267,30 +332,77 @@ class ServingFunctions:
                 raise ValueError(
                     f"The MMoELayer's tasks {missing} are not outputs of the model {self.task_names}"
                 )
+        self.checked_inputs = self._finite_checks(allow_non_finite)
         self.example_defaults = example_defaults
         self._feature_spec = None
 
+    def _finite_checks(self, allow_non_finite):
+        if isinstance(allow_non_finite, (str, bytes)) or not isinstance(
+            allow_non_finite, (list, tuple, set, frozenset)
+        ):
+            raise ValueError(
+                "`allow_non_finite` must be a list of float input names, received: "
+                f"allow_non_finite={allow_non_finite!r}"
+            )
+        floats = [name for name, spec in self.input_specs.items() if spec.dtype.is_floating]
+        for name in allow_non_finite:
+            if name not in self.input_specs:
+                raise ValueError(
+                    f"`allow_non_finite` names {name!r}, which is not an input of the model; its inputs are "
+                    f"{sorted(self.input_specs)}"
+                )
+            if name not in floats:
+                raise ValueError(
+                    f"`allow_non_finite` names {name!r}, a {self.input_specs[name].dtype.name} input; only float "
+                    f"inputs can hold NaN or inf (float inputs: {floats})"
+                )
+        return [name for name in floats if name not in set(allow_non_finite)]
+
     @property
-    def feature_spec(self):
+    def feature_spec(self) -> Dict[str, tf.io.FixedLenFeature]:
         if self._feature_spec is None:
             self._feature_spec = example_feature_spec(self.input_specs, self.example_defaults)
         return self._feature_spec
 
-    def output_names(self):
+    def output_names(self) -> List[str]:
         names = list(self.task_names)
         if self.gate_weights is not None:
             names += self.gate_weights.names()
         return names
 
-    def raw(self, inputs):
-        inputs = {name: inputs[name] for name in self.input_specs}
-        outputs = self.model(inputs, training=False)
+    def _model_inputs(self, named):
+        if self.input_kind == "dict":
+            return named
+        values = [named[name] for name in self.input_specs]
+        return values if self.input_kind == "list" else values[0]
+
+    def _named_outputs(self, outputs):
+        if isinstance(outputs, Mapping):
+            return {name: outputs[name] for name in self.all_output_names}
+        return dict(zip(self.all_output_names, tf.nest.flatten(outputs)))
+
+    def raw(self, inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        named = {name: inputs[name] for name in self.input_specs}
+        for name in self.checked_inputs:
+            named[name] = tf.debugging.check_numerics(
+                named[name], message=f"input '{name}' holds NaN or inf; the model takes finite values only"
+            )
+        model_inputs = self._model_inputs(named)
+        gates = self.gate_weights
+        if gates is not None and not gates.from_output:
+            outputs, (weights,) = run_with_gate_weights(
+                self.model, model_inputs, [gates.layer], training=False, single_call=True
+            )
+            weights = task_gate_weights(gates.layer, weights)
+        else:
+            outputs, weights = self.model(model_inputs, training=False), None
+        outputs = self._named_outputs(outputs)
         result = {name: tf.identity(outputs[name], name=name) for name in self.task_names}
-        if self.gate_weights is not None:
-            result.update(self.gate_weights(inputs, outputs))
+        if gates is not None:
+            result.update(gates.split(outputs[MODEL_GATE_WEIGHTS_OUTPUT] if gates.from_output else weights))
         return result
 
-    def parse(self, examples):
+    def parse(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Parses a 1-D batch of serialized examples into the model's raw inputs."""
         parsed = tf.io.parse_example(examples, self.feature_spec)
         return {
@@ -298,7 +410,7 @@ class ServingFunctions:
             for name, spec in self.input_specs.items()
         }
 
-    def examples(self, examples):
+    def examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         # The signature declares shape [None], but neither TF Serving nor the TF2 signature
         # wrapper enforces it, and ParseExampleV2 would also take a scalar. Check at run time.
         # Grappler folds tf.rank(examples) to the declared rank 1, so the rank is taken from
@@ -314,8 +426,8 @@ class ServingFunctions:
             examples = tf.identity(examples)
         return self.raw(self.parse(examples))
 
-    def raw_signature(self):
+    def raw_signature(self) -> List[Dict[str, tf.TensorSpec]]:
         return [dict(self.input_specs)]
 
-    def examples_signature(self):
+    def examples_signature(self) -> List[tf.TensorSpec]:
         return [tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)]

@@ -12,6 +12,7 @@ Why a separate module: it is the only part of the export that needs tensorflow-s
 """
 
 import os
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 from keras_mmoe.serving.requests import _batch, grpc_examples_request, grpc_predict_request, import_serving_apis
 from keras_mmoe.serving.signatures import DEFAULT_SIGNATURE, EXAMPLES_SIGNATURE
@@ -22,7 +23,9 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
 
-def normalize_warmup_inputs(warmup_inputs, input_specs):
+def normalize_warmup_inputs(
+    warmup_inputs: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]], input_specs: Mapping[str, Any]
+) -> List[Dict[str, Any]]:
     """``warmup_inputs`` as a list of ``{name: array}`` batches holding exactly the model's inputs.
 
     Accepts one dict of arrays or a list of them. Numbers are cast to the input's dtype.
@@ -61,7 +64,9 @@ def normalize_warmup_inputs(warmup_inputs, input_specs):
     return result
 
 
-def warmup_requests(batches, model_name, *, examples_signature=True):
+def warmup_requests(
+    batches: Sequence[Mapping[str, Any]], model_name: str, *, examples_signature: bool = True
+) -> list:
     """One ``PredictRequest`` per batch for ``serving_default`` (and ``predict_examples``)."""
     requests = []
     for batch in batches:
@@ -76,7 +81,7 @@ def warmup_requests(batches, model_name, *, examples_signature=True):
     return requests
 
 
-def write_warmup_file(version_dir, requests):
+def write_warmup_file(version_dir: Union[str, "os.PathLike[str]"], requests: Sequence[Any]) -> str:
     """Writes ``requests`` as ``PredictionLog`` records to ``version_dir/assets.extra/...``; returns the path."""
     import tensorflow as tf
 
@@ -90,7 +95,7 @@ def write_warmup_file(version_dir, requests):
     return path
 
 
-def read_warmup_file(version_dir):
+def read_warmup_file(version_dir: Union[str, "os.PathLike[str]"]) -> list:
     """The ``PredictRequest`` protos stored in a version's warmup file (an empty list when none)."""
     import tensorflow as tf
 
