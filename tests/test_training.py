@@ -199,6 +199,28 @@ def test_save_and_export_writes_once_and_removes_checkpoints(tmp_path):
         np.testing.assert_allclose(served[task].numpy(), expected[task], rtol=1e-5, atol=1e-6)
 
 
+def test_save_and_export_never_replaces_a_model_unasked_except_its_own_killed_attempt(tmp_path):
+    features, labels = make_data(128)
+    dataset_fn = training.in_memory_dataset_fn(features, labels, 64)
+    keras_path, export_dir = str(tmp_path / "m.keras"), str(tmp_path / "m")
+    checkpoints = str(tmp_path / "checkpoints")
+    with open(keras_path, "w") as f:
+        f.write("someone else's file")
+    result = training.fit(model_fn(), dataset_fn, TASKS, checkpoint_dir=checkpoints, verbose=0, log=None)
+    with pytest.raises(FileExistsError):
+        training.save_and_export(result, keras_path, export_dir)
+    assert open(keras_path).read() == "someone else's file" and not os.path.exists(export_dir)
+
+    # A run killed after saving the .keras file but before exporting: the same command again
+    # resumes with nothing left to train, replaces its own .keras file and exports.
+    os.remove(keras_path)
+    from keras_mmoe.saving import save_keras_model
+    save_keras_model(result.model, keras_path)
+    again = training.fit(model_fn(), dataset_fn, TASKS, checkpoint_dir=checkpoints, verbose=0, log=None)
+    assert again.resumed_from is not None and again.steps_this_run == 0
+    assert training.save_and_export(again, keras_path, export_dir) == os.path.join(export_dir, "1")
+
+
 def test_non_chief_writes_nothing(tmp_path):
     features, labels = make_data(128)
     result = training.fit(model_fn(), training.in_memory_dataset_fn(features, labels, 64), TASKS, verbose=0, log=None)

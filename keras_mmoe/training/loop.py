@@ -38,6 +38,7 @@ class FitResult:
         distribution: the :class:`~keras_mmoe.training.Distribution` it ran on.
         checkpoint: the :class:`~keras_mmoe.training.TrainingCheckpoint`, or None.
         examples_per_second: training rows per second of each epoch trained (validation excluded).
+        steps_this_run: training steps done by this call (``global_step`` less the resumed ones).
     """
 
     model: Any
@@ -49,6 +50,7 @@ class FitResult:
     distribution: Distribution
     checkpoint: Optional[TrainingCheckpoint] = field(default=None, repr=False)
     examples_per_second: list = field(default_factory=list)
+    steps_this_run: int = 0
 
 
 def _per_example_losses(tasks):
@@ -429,6 +431,7 @@ def fit(
     epoch_index = int(counters.epoch.numpy())
     step_in_epoch = int(counters.step_in_epoch.numpy())
     global_step = int(counters.global_step.numpy())
+    first_step = global_step
 
     def save_checkpoint():
         if checkpoint is not None:
@@ -516,4 +519,5 @@ def fit(
         distribution=distribution,
         checkpoint=checkpoint,
         examples_per_second=throughput,
+        steps_this_run=global_step - first_step,
     )
