@@ -17,17 +17,15 @@ reduced to a scalar in the graph, so no copy to NumPy is timed), in two layouts:
   second, as ``MMoELayer`` runs them;
 
 and, in the same process, the forward pass, forward + gradients and the full training step of
-both implementations from ``bench_layers.py`` (which part of the step differs). The ratio full step / GEMM floor shows how much of a step is left for
-anything a better layout could remove: if the loop's full step is within 1/1.2 of the stacked
-GEMM floor, no layout with the same arithmetic can be 1.2x faster than the loop.
+both implementations from ``bench_layers.py`` (which part of the step differs). The ratio full
+step / GEMM floor shows how much of a step is left for anything a better layout could remove.
+Wall and CPU time are both reported (timing.py); on a shared machine the CPU time is steadier.
 
     python benchmarks/bench_gemm_floor.py [--repeats 7]
 """
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,14 +33,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bench_layers  # noqa: E402  (same directory)
+import timing  # noqa: E402
 
 B, D, E, U1, U2 = 4096, 499, 32, 256, 128
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn().numpy()
-    return time.perf_counter() - start
 
 
 def gemm_functions():
@@ -113,24 +106,23 @@ def main():
         train_step, _ = bench_layers.make_steps(model)
         fns[f"forward, {kind}"], fns[f"forward+gradients, {kind}"] = forward_and_gradients(model, x, ys)
         fns[f"full training step, {kind}"] = lambda step=train_step: step(x, ys)
-    for fn in fns.values():  # trace and warm up
-        _timed(fn), _timed(fn)
-    times = {name: [] for name in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            times[name].append(_timed(fn))
+    load_before = timing.load_average()
+    times = timing.measure(fns, args.repeats, warmup=2)
     gflop = 2 * B * E * (2 * D * U1 + 3 * U1 * U2) / 1e9
     forward_gflop = 2 * B * E * (D * U1 + U1 * U2) / 1e9
+    print(", ".join(f"{k} {v}" for k, v in timing.environment().items()))
     print(f"large size: {gflop:.1f} GFLOP of matrix products per training step "
-          f"({forward_gflop:.1f} in the forward pass); median of {args.repeats}")
-    medians = {name: statistics.median(v) for name, v in times.items()}
-    for name, seconds in medians.items():
+          f"({forward_gflop:.1f} in the forward pass); median of {args.repeats}; "
+          f"load {load_before} -> {timing.load_average()}")
+    for name, t in times.items():
         work = forward_gflop if name.startswith("forward,") else gflop
-        print(f"  {name:36s} {seconds * 1e3:8.1f} ms   {work / seconds:6.0f} GFLOP/s")
-    floor = min(medians["GEMM floor, stacked"], medians["GEMM floor, per-expert"])
-    loop = medians["full training step, dense_loop"]
-    print(f"  loop full step / fastest GEMM floor: {loop / floor:.2f} "
-          f"(the most a layout with the same matrix products could gain over the loop)")
+        print(f"  {name:36s} wall {t['wall_ms']:8.1f} ms ({work / t['wall_ms'] * 1e3:4.0f} GFLOP/s)   "
+              f"cpu {t['cpu_ms']:8.1f} ms")
+    for key in ("wall_ms", "cpu_ms"):
+        floor = min(times["GEMM floor, stacked"][key], times["GEMM floor, per-expert"][key])
+        print(f"  {key[:-3]:4s}: full step / fastest GEMM floor: MMoELayer "
+              f"{times['full training step, mmoe_layer'][key] / floor:.2f}, Dense loop "
+              f"{times['full training step, dense_loop'][key] / floor:.2f}")
 
 
 if __name__ == "__main__":

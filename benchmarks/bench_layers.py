@@ -6,7 +6,8 @@ the way most existing implementations are: one ``Dense`` per expert layer, a Pyt
 over experts, outputs stacked. Timings are of compiled ``tf.function`` steps (a training
 step = forward + MSE loss + gradients + Adam update; inference = forward), taken
 alternately A, B, A, B... in one process so that machine load affects both alike; the
-reported figure is the median over repeats, and the ratio is loop / MMoELayer.
+reported figures are the medians over repeats of the wall time and of the process's CPU
+time (timing.py), and the ratio is loop / MMoELayer.
 
     python benchmarks/bench_layers.py                 # both sizes, Keras 3
     TF_USE_LEGACY_KERAS=1 python benchmarks/bench_layers.py
@@ -16,16 +17,15 @@ reported figure is the median over repeats, and the ratio is loop / MMoELayer.
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_mmoe import KERAS_FLAVOR, MMoELayer  # noqa: E402
+import timing  # noqa: E402  (same directory)
+from keras_mmoe import MMoELayer  # noqa: E402
 from keras_mmoe._keras import keras  # noqa: E402
 
 SIZES = {
@@ -39,7 +39,7 @@ SIZES = {
 class LoopMMoE(keras.layers.Layer):
     """Reference implementation: one Dense per expert layer, a Python loop over experts."""
 
-    def __init__(self, num_experts, expert_units, num_tasks, **kwargs):
+    def __init__(self, num_experts, expert_units, num_tasks, gate_use_bias=True, **kwargs):
         super().__init__(**kwargs)
         self.expert_layers = [
             keras.layers.Dense(u, activation="relu", name=f"expert_{i}_{j}")
@@ -48,7 +48,9 @@ class LoopMMoE(keras.layers.Layer):
         ]
         self.depth = len(expert_units)
         self.num_experts = num_experts
-        self.gate_layers = [keras.layers.Dense(num_experts, name=f"gate_{t}") for t in range(num_tasks)]
+        self.gate_layers = [
+            keras.layers.Dense(num_experts, use_bias=gate_use_bias, name=f"gate_{t}") for t in range(num_tasks)
+        ]
 
     def call(self, inputs):
         outs = []
@@ -95,13 +97,6 @@ def make_steps(model):
     return train_step, predict_step
 
 
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    tf.nest.map_structure(lambda t: t.numpy(), out)  # wait for the result
-    return time.perf_counter() - start
-
-
 def run_size(name, cfg, repeats=None):
     repeats = repeats or cfg["repeats"]
     rng = np.random.default_rng(0)
@@ -110,24 +105,22 @@ def run_size(name, cfg, repeats=None):
     models = {kind: make_model(kind, cfg) for kind in ("mmoe_layer", "dense_loop")}
     params = {kind: int(sum(np.prod(v.shape) for v in m.trainable_variables)) for kind, m in models.items()}
     assert params["mmoe_layer"] == params["dense_loop"], params
-    steps = {kind: make_steps(m) for kind, m in models.items()}
-    for kind in models:  # trace and warm up
-        for _ in range(3):
-            timed(steps[kind][0], x, ys)
-            timed(steps[kind][1], x)
-    times = {(kind, what): [] for kind in models for what in ("train", "predict")}
-    for _ in range(repeats):
-        for kind in models:
-            times[(kind, "train")].append(timed(steps[kind][0], x, ys))
-            times[(kind, "predict")].append(timed(steps[kind][1], x))
+    fns = {}
+    for kind, model in models.items():
+        train_step, predict_step = make_steps(model)
+        fns[(kind, "train")] = lambda step=train_step: step(x, ys)
+        fns[(kind, "predict")] = lambda step=predict_step: step(x)
+    load_before = timing.load_average()
+    times = timing.measure(fns, repeats)
     result = {"size": name, **{k: v for k, v in cfg.items() if k != "repeats"}, "repeats": repeats,
-              "trainable_params": params["mmoe_layer"]}
+              "trainable_params": params["mmoe_layer"], "load_before": load_before,
+              "load_after": timing.load_average()}
     for what in ("train", "predict"):
-        a = statistics.median(times[("mmoe_layer", what)])
-        b = statistics.median(times[("dense_loop", what)])
-        result[f"{what}_ms_mmoe_layer"] = round(a * 1e3, 2)
-        result[f"{what}_ms_dense_loop"] = round(b * 1e3, 2)
-        result[f"{what}_speedup"] = round(b / a, 2)
+        a, b = times[("mmoe_layer", what)], times[("dense_loop", what)]
+        result[f"{what}_mmoe_layer"] = a
+        result[f"{what}_dense_loop"] = b
+        result[f"{what}_speedup_wall"] = timing.ratio(b, a)
+        result[f"{what}_speedup_cpu"] = timing.ratio(b, a, "cpu_ms")
     return result
 
 
@@ -137,20 +130,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step kind (median)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
+    env = timing.environment()
+    print(", ".join(f"{k} {v}" for k, v in env.items()))
     sizes = sorted(SIZES) if args.size == "all" else [args.size]
-    print(f"keras {KERAS_FLAVOR}, tensorflow {tf.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores")
     results = []
     for name in sizes:
         r = run_size(name, SIZES[name], args.repeats)
         results.append(r)
-        print(f"{name}: params {r['trainable_params']}, batch {r['batch']}, repeats {r['repeats']}")
+        print(f"{name}: params {r['trainable_params']}, batch {r['batch']}, repeats {r['repeats']}, "
+              f"load {r['load_before']} -> {r['load_after']}")
         for what in ("train", "predict"):
-            print(f"  {what:8s} MMoELayer {r[f'{what}_ms_mmoe_layer']:9.2f} ms   dense loop "
-                  f"{r[f'{what}_ms_dense_loop']:9.2f} ms   speedup x{r[f'{what}_speedup']}")
+            a, b = r[f"{what}_mmoe_layer"], r[f"{what}_dense_loop"]
+            print(f"  {what:8s} MMoELayer wall {a['wall_ms']:9.2f} ms cpu {a['cpu_ms']:9.2f} ms   dense loop wall "
+                  f"{b['wall_ms']:9.2f} ms cpu {b['cpu_ms']:9.2f} ms   speedup wall x{r[f'{what}_speedup_wall']} "
+                  f"cpu x{r[f'{what}_speedup_cpu']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"keras": KERAS_FLAVOR, "tensorflow": tf.__version__, "results": results}, f, indent=2)
+            json.dump({"environment": env, "command": " ".join(sys.argv), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

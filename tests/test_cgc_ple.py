@@ -422,6 +422,18 @@ def test_tf_keras_legacy_savedmodel_format(tmp_path, rng):
 NO_XLA = dict(jit_compile=False) if IS_KERAS_3 else {}
 
 
+@pytest.mark.parametrize("cls", [CGCLayer, PLELayer])
+def test_gate_use_bias_defaults_to_use_bias_like_mmoe(cls):
+    """``gate_use_bias=None`` follows ``use_bias`` (as in MMoELayer); an explicit value wins."""
+    extra = {"num_levels": 2} if cls is PLELayer else {}
+    base = dict(num_shared_experts=1, num_task_experts=1, expert_units=3, num_tasks=2, **extra)
+    assert cls(**base).get_config()["gate_use_bias"] is True
+    assert cls(use_bias=False, **base).get_config()["gate_use_bias"] is False
+    layer = cls(use_bias=False, gate_use_bias=True, **base)
+    assert layer.get_config()["gate_use_bias"] is True
+    assert cls.from_config(layer.get_config()).get_config()["gate_use_bias"] is True
+
+
 def test_batch_size_one(rng):
     layer = PLELayer(2, 2, 2, 3, num_tasks=2, return_gate_weights=True, expert_dropout_rate=0.5, seed=0)
     x = rng.normal(size=(1, 5)).astype("float32")

@@ -185,10 +185,12 @@ def _probe_batch(census_data):
 
 @pytest.mark.parametrize("nominal_encoding", ["one_hot", "embedding"])
 def test_census_model_fits_and_round_trips(census_data, nominal_encoding, tmp_path):
+    keras.utils.set_random_seed(0)
     model = _census_model(census_data, nominal_encoding)
     one_hot = nominal_encoding == "one_hot"
     validation = census_data.validation if one_hot else None
-    history = model.fit(census_data.train, validation_data=validation, epochs=2 if one_hot else 1, verbose=0)
+    # 1,000 sample rows: 5 epochs of 4 steps (seeds 0-3 reach validation AUC 0.90-0.93).
+    history = model.fit(census_data.train, validation_data=validation, epochs=5 if one_hot else 1, verbose=0)
     for values in history.history.values():
         assert np.all(np.isfinite(values))
     if one_hot:

@@ -34,13 +34,14 @@ PATH_FLAGS = ("data_dir", "out_dir", "export_dir", "config")
 
 
 def add_census_arguments(parser: argparse.ArgumentParser) -> None:
-    from keras_mmoe.reproduce.census import MODELS
+    from keras_mmoe.reproduce.census import DEFAULT_MODELS, MODELS
 
     parser.add_argument("--group", type=int, choices=(1, 2), default=1,
                         help="task group: 1 (income, marital) or 2 (education, marital)")
     parser.add_argument("--runs", type=positive_int, default=3, help="runs per model")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
-                        help=f"models to train, of: {' '.join(MODELS)}")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), metavar="MODEL",
+                        help=f"models to train, of: {' '.join(MODELS)} (cgc, ple: PLE with 1 and 2 levels, "
+                        "compared with mmoe run by run and with the PLE paper)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs per run")
     parser.add_argument("--patience", type=positive_int, default=2, help="early-stopping patience in epochs")
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")
@@ -69,13 +70,14 @@ def run_census(args: argparse.Namespace) -> int:
 
 
 def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
-    from keras_mmoe.reproduce.synthetic import MODELS
+    from keras_mmoe.reproduce.synthetic import DEFAULT_MODELS, MODELS
 
     parser.add_argument("--correlations", type=correlation, nargs="+", default=[0.5, 0.9, 1.0],
                         help="task correlations p")
     parser.add_argument("--runs", type=positive_int, default=10, help="runs per model and correlation")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
-                        help=f"models, of: {' '.join(MODELS)}")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), metavar="MODEL",
+                        help=f"models, of: {' '.join(MODELS)} (cgc, ple: PLE with 1 and 2 levels, compared with "
+                        "mmoe run by run)")
     parser.add_argument("--samples", type=positive_int, default=20_000, help="rows per run, 80%% to train on")
     parser.add_argument("--epochs", type=positive_int, default=30, help="epochs per run")
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")

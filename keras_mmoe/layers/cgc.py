@@ -110,7 +110,8 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         return_shared: also return the shared output (a level that feeds another level).
         return_gate_weights: also return the gate weights (see Returns).
         use_bias: whether the experts' layers use a bias.
-        gate_use_bias: whether the gates' layers use a bias (DeepCTR's gates have none).
+        gate_use_bias: whether the gates' layers use a bias (default None: as ``use_bias``;
+            ``False`` matches DeepCTR, whose gates have none).
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer:
             as in ``keras.layers.Dense``, for experts and gates.
         seed: seed of initializers and expert dropout (None: random).
@@ -159,7 +160,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         return_shared: bool = False,
         return_gate_weights: bool = False,
         use_bias: bool = True,
-        gate_use_bias: bool = True,
+        gate_use_bias: Optional[bool] = None,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
         kernel_regularizer: Any = None,
@@ -175,7 +176,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         self.gate_hidden_units = _utils.check_hidden_units("gate_hidden_units", gate_hidden_units)
         self.return_shared = bool(return_shared)
         self.return_gate_weights = bool(return_gate_weights)
-        self.gate_use_bias = bool(gate_use_bias)
+        self.gate_use_bias = bool(use_bias) if gate_use_bias is None else bool(gate_use_bias)
         self.seed = _utils.check_seed("seed", seed)
         _utils.set_dense_arguments(
             self, expert_activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer

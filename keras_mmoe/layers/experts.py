@@ -5,17 +5,40 @@ import tensorflow as tf
 from keras_mmoe._keras import keras, register_serializable, serialize, deserialize_layer
 from keras_mmoe.layers import _utils
 
+#: Values of ``ExpertBank(implementation=...)``.
+IMPLEMENTATIONS = ("auto", "batched", "per_expert")
+#: ``"auto"`` computes deeper layers per expert when every deeper kernel has at least this many
+#: entries (u_{l-1} * u_l) per expert of the bank; see benchmarks/bench_layouts.py.
+PER_EXPERT_MIN_KERNEL_ENTRIES_PER_EXPERT = 32
+#: Keras activations that act on each element alone. On the flat first-layer product
+#: (batch, E*u) they give the same result as per expert, and TensorFlow fuses them into the
+#: matmul; any other activation is applied per expert, on the (batch, E, u) view.
+ELEMENTWISE_ACTIVATIONS = frozenset(
+    ["relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh", "sigmoid",
+     "hard_sigmoid", "softplus", "softsign", "exponential", "linear", "mish"]
+)
+
 
 @register_serializable
 class ExpertBank(keras.layers.Layer):
     """A bank of experts whose outputs are returned stacked, shape (batch, num_experts, units).
 
     **Built-in experts** (``units`` given): ``num_experts`` identical-shaped MLPs
-    ``f_i(x) = a(... a(x W_i^1 + b_i^1) ... W_i^L + b_i^L)``, held as stacked kernels and
-    computed together, with no Python loop over experts:
+    ``f_i(x) = a(... a(x W_i^1 + b_i^1) ... W_i^L + b_i^L)``, held as stacked kernels. The
+    first layer of all experts is one matmul; the deeper layers (MLP experts) are computed in
+    one of two ways (``implementation``), same result, different speed:
 
-        layer 1:  (batch, d) x (d, E * u_1) -> (batch, E, u_1)      one matmul
-        layer l:  (E, batch, u_{l-1}) x (E, u_{l-1}, u_l)           one batched matmul
+        layer 1:  (batch, d) x (d, E * u_1) -> (batch, E, u_1)          one matmul
+        layer l, "batched":     (E, batch, u_{l-1}) x (E, u_{l-1}, u_l)  one batched matmul
+                                (with a transpose to and from expert-major order)
+        layer l, "per_expert":  (batch, u_{l-1}) x (u_{l-1}, u_l)        one matmul per expert
+
+    ``"auto"`` chooses from the layer sizes: ``"per_expert"`` when every deeper kernel has at
+    least ``32 * num_experts`` entries (``u_{l-1} * u_l >= 32 E``: experts large enough that E
+    separate matmuls beat one batched matmul and its two transposes), ``"batched"`` otherwise
+    (small experts, where one op instead of E saves per-op overhead). The rule comes from
+    timing both over a grid of shapes (benchmarks/bench_layouts.py, benchmarks/README.md);
+    on that grid the rule is never more than 7% slower than the faster of the two.
 
     Weights: ``kernel_0`` of shape (d, E, u_1) and, for deeper experts, ``kernel_l`` of shape
     (E, u_l, u_{l+1}); biases (E, u). Each expert's kernels are drawn separately with the
@@ -33,6 +56,9 @@ class ExpertBank(keras.layers.Layer):
             as in ``keras.layers.Dense``, applied to every expert.
         experts: optional list of Keras layers/models used instead of built-in experts.
         seed: seed of the initializers (None: random).
+        implementation: how deeper expert layers are computed: ``"auto"`` (default),
+            ``"batched"`` or ``"per_expert"`` (see above). It changes speed only, never the
+            weights or the result.
 
     Input shape: ``(batch, d)``. Output shape: ``(batch, num_experts, units[-1])``.
 
@@ -55,9 +81,15 @@ class ExpertBank(keras.layers.Layer):
         bias_regularizer=None,
         experts=None,
         seed=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"`implementation` must be one of {IMPLEMENTATIONS}, received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
         if experts is not None:
             if not isinstance(experts, (list, tuple)) or not experts:
                 raise ValueError(f"`experts` must be a non-empty list of Keras layers, received: experts={experts!r}")
@@ -144,28 +176,59 @@ class ExpertBank(keras.layers.Layer):
             in_dim = units
         self.built = True
 
+    @property
+    def deeper_layers(self):
+        """How the deeper layers are computed: ``"batched"`` or ``"per_expert"`` (``implementation`` resolved)."""
+        if self.implementation != "auto":
+            return self.implementation
+        sizes = [a * b for a, b in zip(self.units[:-1], self.units[1:])] if self.units else []
+        threshold = PER_EXPERT_MIN_KERNEL_ENTRIES_PER_EXPERT * self.num_experts
+        return "per_expert" if sizes and min(sizes) >= threshold else "batched"
+
+    def _first_layer(self, x):
+        """All experts' first layer: (batch, d) -> (batch, E, u_1)."""
+        dtype = self.compute_dtype
+        e, units = self.num_experts, self.units[0]
+        kernel = tf.cast(self.kernels[0], dtype)
+        # One matmul, bias added with bias_add on the flat (batch, E*u) product: TensorFlow
+        # fuses MatMul + BiasAdd (+ an elementwise activation) into one kernel on CPU.
+        h = tf.matmul(x, tf.reshape(kernel, (kernel.shape[0], e * units)))
+        if self.use_bias:
+            h = tf.nn.bias_add(h, tf.reshape(tf.cast(self.biases[0], dtype), (e * units,)))
+        if keras.activations.serialize(self.activation) in ELEMENTWISE_ACTIVATIONS:
+            return tf.reshape(self.activation(h), (-1, e, units))
+        return self.activation(tf.reshape(h, (-1, e, units)))
+
     def call(self, inputs, training=None):
         if self.experts is not None:
             return tf.stack([expert(inputs, training=training) for expert in self.experts], axis=1)
         dtype = self.compute_dtype
-        x = tf.cast(inputs, dtype)
-        num_layers = len(self.units)
-        # Layer 1: (batch, d) @ (d, E*u) -> (batch, E, u).
-        kernel = tf.cast(self.kernels[0], dtype)
-        d, e, u = kernel.shape
-        h = tf.reshape(tf.matmul(x, tf.reshape(kernel, (d, e * u))), (-1, e, u))
-        if self.use_bias:
-            h = h + tf.cast(self.biases[0], dtype)
-        h = self.activation(h)
-        if num_layers > 1:
-            h = tf.transpose(h, (1, 0, 2))  # (E, batch, u): batched matmul over experts
-            for layer in range(1, num_layers):
-                h = tf.matmul(h, tf.cast(self.kernels[layer], dtype))
-                if self.use_bias:
-                    h = h + tf.cast(self.biases[layer], dtype)[:, None, :]
-                h = self.activation(h)
-            h = tf.transpose(h, (1, 0, 2))
-        return h
+        h = self._first_layer(tf.cast(inputs, dtype))
+        if len(self.units) == 1:
+            return h
+        e = self.num_experts
+        if self.deeper_layers == "per_expert":
+            # E independent (batch, u) @ (u, v) matmuls per layer, each with bias and activation.
+            pieces = tf.unstack(h, num=e, axis=1)
+            for layer in range(1, len(self.units)):
+                kernels = tf.unstack(tf.cast(self.kernels[layer], dtype), num=e)
+                biases = tf.unstack(tf.cast(self.biases[layer], dtype), num=e) if self.use_bias else [None] * e
+                pieces = [self._dense(p, k, b) for p, k, b in zip(pieces, kernels, biases)]
+            return tf.stack(pieces, axis=1)
+        # One batched matmul per layer over experts: (E, batch, u) @ (E, u, v).
+        h = tf.transpose(h, (1, 0, 2))
+        for layer in range(1, len(self.units)):
+            h = tf.matmul(h, tf.cast(self.kernels[layer], dtype))
+            if self.use_bias:
+                h = h + tf.cast(self.biases[layer], dtype)[:, None, :]
+            h = self.activation(h)
+        return tf.transpose(h, (1, 0, 2))
+
+    def _dense(self, x, kernel, bias):
+        h = tf.matmul(x, kernel)
+        if bias is not None:
+            h = tf.nn.bias_add(h, bias)
+        return self.activation(h)
 
     def compute_output_shape(self, input_shape):
         batch = tf.TensorShape(input_shape)[0]
@@ -179,5 +242,6 @@ class ExpertBank(keras.layers.Layer):
             **_utils.dense_arguments_config(self),
             experts=[serialize(e) for e in self.experts] if self.experts is not None else None,
             seed=self.seed,
+            implementation=self.implementation,
         )
         return config

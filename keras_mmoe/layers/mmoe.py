@@ -42,6 +42,17 @@ class MMoELayer(keras.layers.Layer):
         use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer:
             as in ``keras.layers.Dense``, for experts and gates.
         seed: seed of initializers and expert dropout (None: random).
+        gate_use_bias: whether the gates' dense layers have a bias (default: ``use_bias``).
+            ``False`` gives gates ``softmax(W_gk x)`` without bias, as in the paper's eq. 8
+            and in DeepCTR's ``MMOE``.
+        expert_implementation: how the built-in experts' deeper layers are computed,
+            ``"auto"`` (chosen from the sizes), ``"batched"`` or ``"per_expert"``: speed only,
+            same weights and results (see :class:`ExpertBank`).
+
+    Mixed precision: under a ``mixed_bfloat16`` (or ``mixed_float16``) dtype policy, global or
+    given as ``dtype``, experts, gates and the mixture compute in the policy's compute dtype;
+    the variables stay float32 and each gate's softmax is computed in float32. The outputs
+    are in the compute dtype.
 
     Call arguments:
         inputs: expert input, (batch, d).
@@ -85,6 +96,8 @@ class MMoELayer(keras.layers.Layer):
         kernel_regularizer=None,
         bias_regularizer=None,
         seed=None,
+        gate_use_bias=None,
+        expert_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,10 +129,12 @@ class MMoELayer(keras.layers.Layer):
             bias_regularizer=bias_regularizer,
             experts=experts,
             seed=seed,
+            implementation=expert_implementation,
             dtype=self.dtype_policy,
             name="experts",
         )
         self.num_experts = self.expert_bank.num_experts
+        self.gate_use_bias = self.expert_bank.use_bias if gate_use_bias is None else bool(gate_use_bias)
         # Gates share the experts' settings; each gets its own seed range so that gates
         # start different and draw independent dropout masks.
         gate_seed = _utils.base_seed(self.expert_bank.kernel_initializer, seed) + 7919
@@ -131,7 +146,7 @@ class MMoELayer(keras.layers.Layer):
                 temperature=self.gate_temperature,
                 hidden_units=self.gate_hidden_units,
                 activation=expert_activation,
-                use_bias=use_bias,
+                use_bias=self.gate_use_bias,
                 kernel_initializer=_utils.seeded_copy(self.expert_bank.kernel_initializer, gate_seed + 1000 * g),
                 bias_initializer=bias_initializer,
                 kernel_regularizer=kernel_regularizer,
@@ -195,7 +210,7 @@ class MMoELayer(keras.layers.Layer):
         experts = self.expert_bank(inputs, training=training)  # (batch, E, u), computed once
         if self.shared_gate:
             weights = self.gates[0](gate_inputs, training=training)  # (batch, E)
-            mixed = tf.einsum("be,beu->bu", weights, experts)
+            mixed = tf.squeeze(tf.matmul(weights[:, None, :], experts), axis=1)  # (batch, u)
             outputs = [tf.identity(mixed) for _ in self.task_names]
             if self.return_gate_weights:
                 gate_weights = tf.broadcast_to(
@@ -203,7 +218,8 @@ class MMoELayer(keras.layers.Layer):
                 )
         else:
             gate_weights = tf.stack([gate(gate_inputs, training=training) for gate in self.gates], axis=1)
-            mixed = tf.einsum("bte,beu->btu", gate_weights, experts)  # (batch, T, u)
+            # (batch, T, E) @ (batch, E, u): one batched matmul mixes every task's experts.
+            mixed = tf.matmul(gate_weights, experts)  # (batch, T, u)
             outputs = tf.unstack(mixed, num=self.num_tasks, axis=1)
         if self.return_gate_weights:
             return outputs, gate_weights
@@ -272,5 +288,7 @@ class MMoELayer(keras.layers.Layer):
             kernel_regularizer=serialize(bank.kernel_regularizer),
             bias_regularizer=serialize(bank.bias_regularizer),
             seed=self.seed,
+            gate_use_bias=self.gate_use_bias,
+            expert_implementation=bank.implementation,
         )
         return config

@@ -93,7 +93,7 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
         task_experts: Optional[Sequence[Sequence[Any]]] = None,
         return_gate_weights: bool = False,
         use_bias: bool = True,
-        gate_use_bias: bool = True,
+        gate_use_bias: Optional[bool] = None,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
         kernel_regularizer: Any = None,

@@ -92,19 +92,26 @@ def default_features(inputs):
     return tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name="features_concat")(tensors)
 
 
-def _mlp(x, units, activation, prefix, kernel_regularizer=None, dropout=0.0):
+def _mlp(x, units, activation, prefix, kernel_regularizer=None, dropout=0.0, dtype=None):
     for i, u in enumerate(units):
-        x = keras.layers.Dense(u, activation=activation, kernel_regularizer=kernel_regularizer, name=f"{prefix}_{i}")(x)
+        x = keras.layers.Dense(
+            u, activation=activation, kernel_regularizer=kernel_regularizer, dtype=dtype, name=f"{prefix}_{i}"
+        )(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout_{i}")(x)
     return x
 
 
-def build_towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0):
-    """One tower per task on its input tensor; returns ``{task: output}`` (float32)."""
+def build_towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0,
+                 dtype=None):
+    """One tower per task on its input tensor; returns ``{task: output}``.
+
+    The hidden layers compute under ``dtype`` (a Keras dtype policy name such as
+    ``"mixed_bfloat16"``; None: the global policy); the output layer always in float32.
+    """
     outputs = {}
     for name, kind in tasks.items():
-        h = _mlp(task_inputs[name], tower_units, activation, f"{name}_tower", kernel_regularizer, dropout)
+        h = _mlp(task_inputs[name], tower_units, activation, f"{name}_tower", kernel_regularizer, dropout, dtype)
         outputs[name] = keras.layers.Dense(1, activation=output_activation(kind), dtype="float32", name=name)(h)
     return outputs
 
@@ -134,7 +141,9 @@ def build_mmoe(
     tower_dropout=0.0,
     kernel_regularizer=None,
     return_gate_weights=False,
+    gate_use_bias=None,
     seed=None,
+    dtype=None,
     name="mmoe",
 ):
     """MMoE (or OMoE with ``shared_gate=True``): MMoELayer, then one tower per task.
@@ -145,6 +154,10 @@ def build_mmoe(
         features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
         gate_features: optional different input for the gates (YouTube placement).
         return_gate_weights: add an output ``gate_weights`` (batch, tasks, experts).
+        dtype: Keras dtype policy of the MMoE layer and the towers' hidden layers, e.g.
+            ``"mixed_bfloat16"`` (compute in bfloat16, variables in float32); None uses the
+            global policy. The outputs (and so the losses) stay float32, and so do the layers
+            that compute ``features``. XLA is a ``model.compile(jit_compile=True)`` setting.
         Other arguments: see :class:`keras_mmoe.MMoELayer` and :func:`build_towers`.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
@@ -159,11 +172,13 @@ def build_mmoe(
         shared_gate=shared_gate,
         kernel_regularizer=kernel_regularizer,
         return_gate_weights=return_gate_weights,
+        gate_use_bias=gate_use_bias,
         seed=seed,
+        dtype=dtype,
         name="omoe" if shared_gate else "mmoe",
     )
     towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
-                  dropout=tower_dropout)
+                  dropout=tower_dropout, dtype=dtype)
     return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name)
 
 
@@ -205,7 +220,7 @@ def build_ple(
     expert_dropout_rate: float = 0.0,
     gate_temperature: float = 1.0,
     gate_hidden_units=(),
-    gate_use_bias: bool = True,
+    gate_use_bias: Optional[bool] = None,
     expert_activation="relu",
     tower_activation="relu",
     tower_dropout: float = 0.0,
