@@ -163,3 +163,88 @@ def test_importing_the_package_prints_no_start_up_lines(flavor):
     assert result.stderr == ""
     verbose = run_python("import keras_mmoe", env=dict(env, KERAS_MMOE_VERBOSE_IMPORT="1"))
     assert "oneDNN custom operations" in verbose.stderr  # the filter's off switch
+
+
+# --- CGC and PLE: --model cgc / ple with their sizes as flags -------------------------------
+
+
+def test_cgc_and_ple_default_sizes_are_the_matched_budget_split_of_mmoes_experts():
+    from keras_mmoe.cli.main import build_parser
+    from keras_mmoe.cli.train import progressive_sizes
+    from keras_mmoe.models import matched_budget_kwargs
+
+    parser = build_parser()
+    budget = matched_budget_kwargs(100)
+    for model in ("cgc", "ple"):
+        args = parser.parse_args(["train", "--model", model])
+        expected = {k: v for k, v in budget[model].items() if k.startswith("num_")}
+        assert progressive_sizes(args, 2) == expected == (
+            {"num_shared_experts": 4, "num_task_experts": 2} | ({"num_levels": 2} if model == "ple" else {}))
+    args = parser.parse_args(["train", "--model", "ple", "--num-experts", "6", "--num-task-experts", "3",
+                              "--num-levels", "3"])
+    assert progressive_sizes(args, 2) == {"num_shared_experts": 3, "num_task_experts": 3, "num_levels": 3}
+    args = parser.parse_args(["train", "--model", "cgc", "--num-shared-experts", "0"])
+    assert progressive_sizes(args, 2) == {"num_shared_experts": 0, "num_task_experts": 4}
+    assert progressive_sizes(parser.parse_args(["train"]), 2) == {}
+
+
+def test_train_ple_records_its_sizes_and_evaluate_gates_reads_every_gate(tmp_path, capsys):
+    from keras_mmoe._keras import keras
+    from keras_mmoe.cli.main import main
+    from keras_mmoe.diagnostics import diagnose
+    from keras_mmoe.models import build_ple
+
+    out = tmp_path / "out"
+    assert main(["train", "--model", "ple", "--num-shared-experts", "2", "--num-task-experts", "1",
+                 "--num-levels", "2", "--expert-units", "4", "--epochs", "1", "--samples", "300", "--dim", "6",
+                 "--expert-dropout-rate", "0.1", "--out-dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    record = json.loads((out / "ple_synthetic.json").read_text())
+    assert record["model"] == "ple" and record["export_version"] == 1
+    training = record["training"]
+    assert (training["num_shared_experts"], training["num_task_experts"], training["num_levels"]) == (2, 1, 2)
+    model = keras.models.load_model(str(out / "ple_synthetic.keras"))
+    layer = model.get_layer("ple")
+    assert (layer.num_levels, layer.levels[0].num_shared_experts, layer.levels[0].num_task_experts) == (2, 2, 1)
+    assert layer.levels[0].expert_dropout_rate == 0.1
+    same = build_ple(6, {"y1": "regression", "y2": "regression"}, num_levels=2, num_shared_experts=2,
+                     num_task_experts=1, expert_units=(4,), tower_units=(8,), expert_dropout_rate=0.1)
+    assert f"training ple (2 shared + 1 per-task experts x 2 levels, {same.count_params()} parameters)" in err
+    assert (out / "ple_synthetic" / "1" / "saved_model.pb").is_file()
+
+    scored = tmp_path / "scored.json"
+    assert main(["evaluate", str(out / "ple_synthetic.keras"), "--gates", "--json", str(scored)]) == 0
+    printed = capsys.readouterr().out
+    assert "| level_0/shared | y1: " in printed and "| level_1/y2 | y2: " in printed
+    gates = json.loads(scored.read_text())["gates"]
+    assert list(gates["tasks"]) == ["level_0/y1", "level_0/y2", "level_0/shared", "level_1/y1", "level_1/y2"]
+    assert gates["experts"][:4] == ["level_0/y1_0", "level_0/y2_0", "level_0/shared_0", "level_0/shared_1"]
+    # The same statistics as diagnosing the saved model on the held-out rows of its record.
+    from keras_mmoe.cli import sources
+
+    held_out = sources.synthetic_held_out(record["data"], None)
+    report = diagnose(model, {"features": held_out.features["features"]}, batch_size=1024)
+    for name, gate in gates["tasks"].items():
+        np.testing.assert_allclose(gate["utilization"], report[name].utilization, atol=1e-6)
+        assert gate["group_weights"] == pytest.approx(report[name].group_weights, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "mmoe", "--num-shared-experts", "2"], "--num-shared-experts applies to --model cgc or ple, not mmoe"),
+        (["--model", "cgc", "--num-levels", "2"], "--num-levels applies to --model ple, not cgc (cgc is one level"),
+        (["--model", "ple", "--num-shared-experts", "0", "--num-task-experts", "0"], "leave the task gates no expert"),
+    ],
+)
+def test_cgc_ple_flag_mistakes_are_one_line_before_any_work(argv, message, tmp_path, capsys):
+    from keras_mmoe.cli.main import main
+
+    assert main(["train", *argv, "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("keras-mmoe train: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "ple", "--num-task-experts", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --num-task-experts: must be a non-negative integer, received -1" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CENSUS_SAMPLE_DIR, run_python
 from keras_mmoe.cli.main import main
-from keras_mmoe.reproduce import census, paper, report, synthetic
+from keras_mmoe.reproduce import census, paper, report, synthetic, versus_mmoe
 
 # The MMoE paper's census-income tables (Ma et al., KDD 2018, Tables 2 and 3), transcribed here a
 # second time, independently of keras_mmoe/reproduce/paper.py, so the two transcriptions check
@@ -44,6 +44,16 @@ def test_paper_numbers_equal_an_independent_transcription():
         g1_best, g1_mean, g1_marital, g2_best, g2_mean, g2_marital = parsed[method]
         assert paper.CENSUS_AUC[1][key] == (g1_best, g1_mean, g1_marital)
         assert paper.CENSUS_AUC[2][key] == (g2_best, g2_mean, g2_marital)
+
+
+def test_ple_paper_anchors():
+    """The PLE paper (Tang et al., RecSys 2020) on census-income, income + marital status, its own
+    setup: MMoE 0.9493 / 0.9928, PLE 0.9522 / 0.9945 AUC (transcribed here independently)."""
+    assert paper.PLE_CENSUS_AUC == {1: {"mmoe": (0.9493, 0.9928), "ple": (0.9522, 0.9945)}}
+    assert "edge over MMoE grows as the task correlation falls" in paper.PLE_SYNTHETIC_FINDING
+    assert paper.DISPLAY_NAMES["cgc"] == "CGC (PLE, 1 level)" and paper.DISPLAY_NAMES["ple"] == "PLE (2 levels)"
+    assert set(census.MODELS) == set(census.DEFAULT_MODELS) | {"cgc", "ple"}
+    assert synthetic.MODELS == ("mmoe", "omoe", "shared_bottom", "cgc", "ple")
 
 
 def test_aggregate_matches_numpy():
@@ -85,6 +95,68 @@ def test_synthetic_summary_increase_is_mean_difference():
     assert entry["final_loss"]["0.5"]["std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
     assert entry["increase_1_to_0.5"] == pytest.approx(0.3)
     assert "+0.3000" in synthetic.to_markdown({"mmoe": entry})
+
+
+def _census_runs(model, aucs):
+    return [{"model": model, "seed": seed, "params": 10, "epochs_trained": 3, "seconds": 1.0,
+             "test_auc": {"income": a, "marital": b}} for seed, (a, b) in enumerate(aucs)]
+
+
+def test_census_cgc_and_ple_against_mmoe_paired_by_seed_beside_the_ple_paper():
+    mmoe = [(0.940, 0.990), (0.945, 0.992), (0.935, 0.991)]
+    ple = [(0.944, 0.991), (0.943, 0.995), (0.941, 0.990)]
+    cgc = [(0.930, 0.990), (0.946, 0.993)]  # a run short: paired over the seeds it has
+    runs = _census_runs("mmoe", mmoe) + _census_runs("ple", ple) + _census_runs("cgc", cgc)
+    versus = versus_mmoe.census(runs, ["income", "marital"], 1)
+    assert list(versus["models"]) == ["cgc", "ple"]
+    d = np.array(ple) - np.array(mmoe)
+    for k, task in enumerate(["income", "marital"]):
+        got = versus["models"]["ple"][task]
+        assert got["mean"] == pytest.approx(d[:, k].mean()) and got["std"] == pytest.approx(d[:, k].std(ddof=1))
+        assert got["n"] == 3 and got["better"] == int((d[:, k] > 0).sum())
+    assert versus["models"]["cgc"]["income"]["n"] == 2
+    assert versus["models"]["cgc"]["income"]["mean"] == pytest.approx(((0.930 - 0.940) + (0.946 - 0.945)) / 2)
+    assert versus["paper"] == {"mmoe": {"income": 0.9493, "marital": 0.9928}, "ple": {"income": 0.9522, "marital": 0.9945}}
+
+    summary = census.summarize(runs, ["income", "marital"], 1)
+    table = census.to_markdown(summary, ["income", "marital"], 1, versus=versus)
+    assert "| PLE (2 levels) | 10 | 3 |" in table and "| CGC (PLE, 1 level) | 10 | 2 |" in table
+    assert (f"| PLE (2 levels) | 3 | {np.mean(ple, 0)[0]:.4f} | {d[:, 0].mean():+.4f} ± {d[:, 0].std(ddof=1):.4f} | 2/3 "
+            "| 0.9522 (+0.0029) |") in table
+    assert f"| MMoE | 3 | {np.mean(mmoe, 0)[0]:.4f} |  |  | 0.9493 |" in table
+    assert "PLE paper (Tang et al., RecSys 2020; income + marital, its own setup): MMoE 0.9493 / 0.9928; " \
+           "PLE 0.9522 / 0.9945 AUC" in table
+    # Group 2 has no PLE paper numbers; without CGC/PLE (or without MMoE) there is no comparison.
+    assert "paper" not in versus_mmoe.census(runs, ["income", "marital"], 2)
+    assert "| PLE (2 levels) | 3 |" in census.to_markdown(summary, ["income", "marital"], 2,
+                                                         versus=versus_mmoe.census(runs, ["income", "marital"], 2))
+    assert versus_mmoe.census(_census_runs("mmoe", mmoe), ["income", "marital"], 1) is None
+    assert versus_mmoe.census(_census_runs("ple", ple), ["income", "marital"], 1) is None
+
+
+def test_synthetic_edge_over_mmoe_per_correlation_and_whether_it_grows():
+    losses = {  # (correlation, seed) -> (mmoe, cgc, ple)
+        (1.0, 0): (0.10, 0.11, 0.10), (1.0, 1): (0.12, 0.12, 0.11),
+        (0.9, 0): (0.20, 0.19, 0.17), (0.9, 1): (0.22, 0.23, 0.20),
+        (0.5, 0): (0.40, 0.38, 0.30), (0.5, 1): (0.44, 0.47, 0.36),
+    }
+    runs = [{"model": m, "correlation": c, "seed": s, "params": 5, "final_loss": v[i]}
+            for (c, s), v in losses.items() for i, m in enumerate(("mmoe", "cgc", "ple"))]
+    versus = versus_mmoe.synthetic(runs)
+    ple = versus["models"]["ple"]
+    assert list(ple["edge"]) == ["1", "0.9", "0.5"]
+    assert ple["edge"]["0.5"]["mean"] == pytest.approx(np.mean([0.40 - 0.30, 0.44 - 0.36]))
+    assert ple["edge"]["0.5"]["std"] == pytest.approx(np.std([0.10, 0.08], ddof=1))
+    assert ple["edge"]["1"]["better"] == 1 and ple["grows_as_correlation_falls"] is True
+    cgc = versus["models"]["cgc"]  # edges -0.005, 0.0, -0.005: does not grow
+    assert cgc["edge"]["0.9"]["mean"] == pytest.approx(0.0, abs=1e-12) and cgc["grows_as_correlation_falls"] is False
+    assert versus["paper"] == paper.PLE_SYNTHETIC_FINDING
+    table = synthetic.to_markdown(synthetic.summarize(runs), versus=versus)
+    assert "| PLE (2 levels) | +0.0050 ± 0.0071 (1/2) | +0.0250 ± 0.0071 (2/2) | +0.0900 ± 0.0141 (2/2) | yes |" in table
+    assert "| CGC (PLE, 1 level) |" in table and "| no |" in table
+    assert "PLE paper (Tang et al., RecSys 2020): PLE's edge over MMoE grows as the task correlation falls." in table
+    one = versus_mmoe.synthetic([r for r in runs if r["correlation"] == 0.5])
+    assert one["models"]["ple"]["grows_as_correlation_falls"] is None
 
 
 def test_quick_census_run_writes_tables_and_an_export_that_serves_raw_features(tmp_path, capsys):
@@ -161,6 +233,43 @@ def test_quick_synthetic_run_writes_tables_and_figures(tmp_path):
     _assert_png(out / "synthetic_final_loss.png")
 
 
+def test_quick_census_run_with_cgc_and_ple_shows_them_against_mmoe_and_the_ple_paper(tmp_path):
+    out = tmp_path / "out"
+    assert main(["reproduce", "census", "--quick", "--models", "mmoe", "cgc", "ple", "--data-dir", CENSUS_SAMPLE_DIR,
+                 "--out-dir", str(out)]) == 0
+    record = json.loads((out / "census_group1.json").read_text())
+    assert record["command"] == "keras-mmoe reproduce census --models mmoe cgc ple --quick"
+    assert [r["model"] for r in record["runs"]] == ["mmoe", "cgc", "ple"]
+    params = {r["model"]: r["params"] for r in record["runs"]}
+    # matched_budget_kwargs: MMoE's 8 experts as 4 shared + 2 per task; PLE's second level adds small experts.
+    assert 0.9 < params["cgc"] / params["mmoe"] < 1.0 < params["ple"] / params["mmoe"] < 1.25
+    versus = record["versus_mmoe"]
+    for name in ("cgc", "ple"):
+        for task in ("income", "marital"):
+            run = {r["model"]: r["test_auc"][task] for r in record["runs"]}
+            assert versus["models"][name][task]["mean"] == pytest.approx(run[name] - run["mmoe"])
+    assert versus["paper"]["ple"] == {"income": 0.9522, "marital": 0.9945}
+    table = (out / "census_group1.md").read_text()
+    assert "| CGC (PLE, 1 level) |" in table and "PLE paper income" in table and "0.9522 (+0.0029)" in table
+
+
+def test_quick_synthetic_study_with_cgc_and_ple(tmp_path):
+    record = synthetic.study(models=["mmoe", "cgc", "ple"], correlations=[1.0, 0.5], runs=1, samples=400, epochs=1)
+    assert [r["model"] for r in record["runs"][:3]] == ["mmoe", "cgc", "ple"]
+    summary = record["summary"]
+    assert summary["cgc"]["params"] == 14_430 and summary["ple"]["params"] == 17_618 and summary["mmoe"]["params"] == 14_834
+    versus = record["versus_mmoe"]
+    for name in ("cgc", "ple"):
+        assert set(versus["models"][name]["edge"]) == {"1", "0.5"}
+        run = {r["model"]: r["final_loss"] for r in record["runs"] if r["correlation"] == 0.5}
+        assert versus["models"][name]["edge"]["0.5"]["mean"] == pytest.approx(run["mmoe"] - run[name])
+        assert versus["models"][name]["grows_as_correlation_falls"] in (True, False)
+    paths = synthetic.write_outputs(record, str(tmp_path))
+    table = open(paths["markdown"], encoding="utf-8").read()
+    assert "| PLE (2 levels) | 17618 |" in table and "edge grows as p falls" in table
+    _assert_png(paths["final_loss"])
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -168,7 +277,7 @@ def test_quick_synthetic_run_writes_tables_and_figures(tmp_path):
         (["census", "--runs", "0"], "argument --runs: must be a positive integer, received 0"),
         (["census", "--models", "mmoe", "transformer"], "argument --models: invalid choice: 'transformer'"),
         (["synthetic", "--correlations", "1.5"], "argument --correlations: must be a float in [-1, 1], received 1.5"),
-        (["synthetic", "--models", "ple"], "argument --models: invalid choice: 'ple'"),
+        (["synthetic", "--models", "ple", "moe"], "argument --models: invalid choice: 'moe'"),
         (["synthetic", "--learning-rate", "0"], "argument --learning-rate: must be a float > 0"),
     ],
 )
@@ -189,7 +298,8 @@ def test_census_max_rows_floor_is_one_line(capsys, tmp_path):
 @pytest.mark.parametrize(
     "study, kwargs, message",
     [
-        ("census", {"models": ["mmoe", "ple"]}, "`models` must name some of"),
+        ("census", {"models": ["mmoe", "mmoe2"]}, "`models` must name some of"),
+        ("synthetic", {"models": ["ple", "transformer"]}, "`models` must name some of"),
         ("census", {"runs": 0}, "`runs` must be a positive integer"),
         ("census", {"group": 3}, "`group` must be 1 (income, marital) or 2"),
         ("census", {"learning_rate": -1.0}, "`learning_rate` must be a float > 0"),

@@ -11,7 +11,8 @@ since the rows then differ); without a record they are required.
 
 Prints per task the loss and MSE (regression) or AUC (binary), each beside the constant
 prediction learned from the training labels (the training mean; the base rate), and with
-``--gates`` (Keras models) the gate diagnostics; ``--json PATH`` writes them.
+``--gates`` (Keras models) the gate diagnostics (every gate of an MMoE, CGC or PLE layer);
+``--json PATH`` writes them.
 
 Example::
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     kind = saving.model_format(path)  # FileNotFoundError / ValueError naming the file
     is_export = kind in ("saved_model", "keras_saved_model")  # directories are called through their signature
     if args.gates and is_export:
-        raise CLIError("--gates needs a .keras model (gate diagnostics read the model's MMoE layer)")
+        raise CLIError("--gates needs a .keras model (gate diagnostics read the model's MMoE, CGC or PLE layer)")
     record, where = find_record(path, kind, args.settings)
     recorded = recorded_data(record, where)
     source_name = args.data or (recorded["source"] if recorded else None)

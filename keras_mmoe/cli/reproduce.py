@@ -46,13 +46,14 @@ PATH_FLAGS = ("data_dir", "out_dir", "export_dir", "config")
 
 
 def add_census_arguments(parser: argparse.ArgumentParser) -> None:
-    from keras_mmoe.reproduce.census import MODELS
+    from keras_mmoe.reproduce.census import DEFAULT_MODELS, MODELS
 
     parser.add_argument("--group", type=int, choices=(1, 2), default=1,
                         help="task group: 1 (income, marital) or 2 (education, marital)")
     parser.add_argument("--runs", type=positive_int, default=3, help="runs per model")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
-                        help=f"models to train, of: {' '.join(MODELS)}")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), metavar="MODEL",
+                        help=f"models to train, of: {' '.join(MODELS)} (cgc, ple: PLE with 1 and 2 levels, "
+                        "compared with mmoe run by run and with the PLE paper)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs per run")
     parser.add_argument("--patience", type=positive_int, default=2, help="early-stopping patience in epochs")
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")
@@ -88,7 +89,7 @@ SYNTHETIC_PROTOCOL_FLAGS = {
 
 
 def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
-    from keras_mmoe.reproduce.synthetic import MODELS
+    from keras_mmoe.reproduce.synthetic import DEFAULT_MODELS, MODELS
 
     parser.add_argument("--protocol", choices=("fixed", "converged"), default="fixed",
                         help="fixed: every run trains --epochs epochs at --learning-rate; converged: the "
@@ -98,8 +99,9 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task correlations p")
     parser.add_argument("--runs", type=positive_int, default=None,
                         help="runs per model and correlation (default: 10 fixed, 20 converged)")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
-                        help=f"models, of: {' '.join(MODELS)}")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), metavar="MODEL",
+                        help=f"models, of: {' '.join(MODELS)} (cgc, ple: PLE with 1 and 2 levels, compared with "
+                        "mmoe run by run; fixed protocol only)")
     parser.add_argument("--samples", type=positive_int, default=20_000,
                         help="rows per run: 80%% train, 20%% held out (fixed); 80/10/10%% train, validation, "
                         "test (converged)")

@@ -9,9 +9,17 @@ SavedModel version ``saved_models/<name>/<version>/`` carrying the same record i
 so it scores the rows that model held out. An existing ``<name>.keras`` is only replaced with
 ``--overwrite``.
 
+``--model cgc`` and ``--model ple`` (Progressive Layered Extraction, ``--num-levels`` levels,
+default 2) give each task ``--num-task-experts`` experts of its own besides
+``--num-shared-experts`` shared ones; by default MMoE's ``--num-experts`` (8) are split as
+``keras_mmoe.models.matched_budget_kwargs`` splits them: half shared, the rest evenly between the
+tasks (4 shared + 2 per task), which keeps CGC within 3% of MMoE's parameter count (PLE's second
+level adds small experts on the 16-wide level outputs).
+
 Example::
 
     keras-mmoe train --epochs 3 --num-experts 4 --out-dir saved_models
+    keras-mmoe train --model ple --num-levels 2 --num-shared-experts 4 --num-task-experts 2
     keras-mmoe train --config train.toml --epochs 10     # the file's settings, 10 epochs
 """
 
@@ -21,7 +29,8 @@ import argparse
 import os
 import sys
 
-from keras_mmoe.cli import sources
+from keras_mmoe import _validation
+from keras_mmoe.cli import common, sources
 from keras_mmoe.cli.evaluate import predict_keras
 from keras_mmoe.cli.common import (
     CLIError,
@@ -36,7 +45,13 @@ from keras_mmoe.cli.common import (
     seed,
 )
 
-MODEL_CHOICES = ("mmoe", "omoe", "shared_bottom", "single_task")
+MODEL_CHOICES = ("mmoe", "omoe", "cgc", "ple", "shared_bottom", "single_task")
+#: Models with task and shared experts, and the flags that size them (only they accept these flags).
+PROGRESSIVE = ("cgc", "ple")
+_PROGRESSIVE_FLAGS = {"num_shared_experts": PROGRESSIVE, "num_task_experts": PROGRESSIVE, "num_levels": ("ple",)}
+#: ``>= 0`` integers: expert counts of CGC/PLE (0 shared or 0 per task is allowed, not both).
+non_negative_int = common._argument_type(_validation.check_non_negative_int, int, "a non-negative integer",
+                                         "non_negative_int")
 #: Fewest rows --samples accepts: 80% train, and a held-out split of at least 2 rows to score.
 MIN_SAMPLES = 10
 #: Settings that describe the run (recorded); the rest (paths, --overwrite) do not change the model.
@@ -59,17 +74,58 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dim", type=positive_int, default=100, help="synthetic input dimension d")
     p.add_argument("--correlation", type=correlation, default=0.5,
                    help="task correlation p in [-1, 1], the cosine of the tasks' weight vectors")
-    p.add_argument("--num-experts", type=positive_int, default=8, help="experts (mmoe, omoe)")
+    p.add_argument("--num-experts", type=positive_int, default=8,
+                   help="experts (mmoe, omoe); cgc, ple: experts per level, split by default into half shared "
+                   "and the rest evenly between the tasks")
+    p.add_argument("--num-shared-experts", type=non_negative_int, default=None,
+                   help="cgc, ple: shared experts per level (default: half of --num-experts)")
+    p.add_argument("--num-task-experts", type=non_negative_int, default=None,
+                   help="cgc, ple: experts of each task per level (default: the rest of --num-experts split "
+                   "evenly between the tasks, at least 1)")
+    p.add_argument("--num-levels", type=positive_int, default=None,
+                   help="ple: extraction levels (default 2; --model cgc is one level)")
     p.add_argument("--expert-units", type=positive_int, nargs="+", default=[16], metavar="UNITS",
                    help="hidden units of each expert, or of the shared bottom / single-task network")
     p.add_argument("--tower-units", type=positive_int, nargs="+", default=[8], metavar="UNITS",
                    help="hidden units of each task tower")
     p.add_argument("--expert-dropout-rate", type=rate, default=0.0,
-                   help="expert dropout on the gates' softmax in [0, 1), the YouTube fix (mmoe, omoe)")
+                   help="expert dropout on the gates' softmax in [0, 1), the YouTube fix (mmoe, omoe, cgc, ple)")
     p.add_argument("--learning-rate", type=positive_float, default=0.01, help="Adam learning rate")
     p.add_argument("--seed", type=seed, default=0, help="seed of the data, the split and the weights")
     p.set_defaults(func=run)
     return p
+
+
+def check_progressive_flags(args: argparse.Namespace) -> None:
+    """CLIError for a CGC/PLE sizing flag given to a model that does not use it, or for no expert at all."""
+    for flag, models in _PROGRESSIVE_FLAGS.items():
+        if getattr(args, flag, None) is not None and args.model not in models:
+            hint = " (cgc is one level; use --model ple)" if flag == "num_levels" and args.model == "cgc" else ""
+            raise CLIError(f"--{flag.replace('_', '-')} applies to --model {' or '.join(models)}, not "
+                           f"{args.model}{hint}")
+    if args.num_shared_experts == 0 and args.num_task_experts == 0:
+        raise CLIError("--num-shared-experts 0 and --num-task-experts 0 leave the task gates no expert; "
+                       "give at least one")
+
+
+def progressive_sizes(args: argparse.Namespace, num_tasks: int) -> dict:
+    """``num_shared_experts``, ``num_task_experts`` (and ``num_levels`` for ple) of ``--model cgc/ple``
+    (``{}`` for other models): the flags given, the rest from ``--num-experts`` split as
+    :func:`keras_mmoe.models.matched_budget_kwargs` splits MMoE's experts (half shared, the rest
+    evenly between the ``num_tasks`` tasks, at least one each)."""
+    check_progressive_flags(args)
+    if args.model not in PROGRESSIVE:
+        return {}
+    shared = args.num_shared_experts
+    if shared is None:
+        shared = max(1, args.num_experts // 2)
+    own = args.num_task_experts
+    if own is None:
+        own = max(1, (args.num_experts - shared) // num_tasks)
+    sizes = {"num_shared_experts": shared, "num_task_experts": own}
+    if args.model == "ple":
+        sizes["num_levels"] = 2 if args.num_levels is None else args.num_levels
+    return sizes
 
 
 def build_model(args: argparse.Namespace, input_dim: int, tasks: dict):
@@ -81,6 +137,11 @@ def build_model(args: argparse.Namespace, input_dim: int, tasks: dict):
         return models.BUILDERS[args.model](
             input_dim, tasks, num_experts=args.num_experts, expert_units=tuple(args.expert_units),
             expert_dropout_rate=args.expert_dropout_rate, seed=args.seed, **common,
+        )
+    if args.model in PROGRESSIVE:
+        return models.BUILDERS[args.model](
+            input_dim, tasks, expert_units=tuple(args.expert_units), expert_dropout_rate=args.expert_dropout_rate,
+            seed=args.seed, **progressive_sizes(args, len(tasks)), **common,
         )
     if args.model == "shared_bottom":
         return models.build_shared_bottom(input_dim, tasks, bottom_units=tuple(args.expert_units), **common)
@@ -102,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{existing[0]} already exists (from an earlier train); pass --overwrite to replace "
                        "it and its record, or choose another --name or --out-dir")
     check_version_free(base_dir, args.version, args.overwrite)
+    check_progressive_flags(args)  # before the slow part
 
     flavor = import_tensorflow()
     import tensorflow as tf
@@ -121,8 +183,14 @@ def run(args: argparse.Namespace) -> int:
         say(note)
 
     model = build_model(args, data.input_dim, data.tasks)
+    sizes = progressive_sizes(args, len(data.tasks))
+    vars(args).update(sizes)  # the record keeps the CGC/PLE sizes used
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), **compile_kwargs(data.tasks))
-    say(f"training {args.model} ({model.count_params()} parameters) for {args.epochs} epochs")
+    layout = ""
+    if sizes:
+        layout = (f"{sizes['num_shared_experts']} shared + {sizes['num_task_experts']} per-task experts"
+                  + (f" x {sizes['num_levels']} levels" if "num_levels" in sizes else "") + ", ")
+    say(f"training {args.model} ({layout}{model.count_params()} parameters) for {args.epochs} epochs")
     held_out = data.held_out
     model.fit(
         data.train(args.batch_size, args.seed),

@@ -1,11 +1,13 @@
-"""Gate diagnostics: utilization, entropy, effective experts and polarization of MMoE gates.
+"""Gate diagnostics: utilization, entropy, effective experts and polarization of the gates of
+MMoE, CGC and PLE layers (every task gate, and the shared gates of CGC/PLE levels).
 
     report = keras_mmoe.diagnostics.diagnose(model, validation_dataset)
-    print(report)                                  # Markdown table, one row per task
+    print(report)                                  # Markdown table, one row per gate
     callback = keras_mmoe.diagnostics.GateDiagnostics(small_dataset, log_dir="logs/gates")
-    model.fit(..., callbacks=[callback])           # gate/<task>/... in History and TensorBoard
+    model.fit(..., callbacks=[callback])           # gate/<gate>/... in History and TensorBoard
 
-See :func:`gate_statistics` for the formulas and the polarization rule.
+See :func:`gate_statistics` for the formulas, the gates and experts of each layer, and the
+polarization rule.
 """
 
 from typing import Any, Optional
@@ -16,9 +18,10 @@ from keras_mmoe.diagnostics.probe import (
     build_gate_probe,
     find_mmoe_layers,
     gate_weights_from_model,
+    num_task_experts,
     predict_gate_weights,
 )
-from keras_mmoe.diagnostics.stats import GateReport, TaskGateStats, gate_statistics
+from keras_mmoe.diagnostics.stats import GateReport, GateStats, TaskGateStats, gate_statistics
 
 
 def diagnose(
@@ -31,8 +34,9 @@ def diagnose(
     polarized_fraction: float = 0.5,
     unused_threshold: Optional[float] = None,
 ) -> GateReport:
-    """Gate statistics of a model's MMoELayer on ``data``: :func:`gate_weights_from_model`
-    followed by :func:`gate_statistics` with the layer's task names.
+    """Gate statistics of a model's gated layer (MMoELayer, CGCLayer, PLELayer) on ``data``:
+    :func:`gate_weights_from_model` followed by :func:`gate_statistics` with the layer's task
+    names (and, for CGC/PLE, its number of task experts).
 
     Args:
         model, data, steps, layer, batch_size: see :func:`gate_weights_from_model`.
@@ -43,14 +47,17 @@ def diagnose(
     Example:
 
     >>> report = diagnose(model, validation_ds.take(10))
-    >>> report.polarized_tasks, report.dead_experts
+    >>> report.polarized_gates, report.dead_experts
     >>> report["click"].effective_experts
+    >>> diagnose(ple_model, validation_ds.take(10))["level_1/click"].group_weights
+    {'click': 0.41, 'shared': 0.59}
     """
     probe, target, path = build_gate_probe(model, layer)
     weights = predict_gate_weights(probe, target, data, steps=steps, batch_size=batch_size)
     return gate_statistics(
         weights,
         task_names=target.task_names,
+        num_task_experts=num_task_experts(target),
         polarization_threshold=polarization_threshold,
         polarized_fraction=polarized_fraction,
         unused_threshold=unused_threshold,
@@ -61,12 +68,14 @@ def diagnose(
 __all__ = [
     "GateDiagnostics",
     "GateReport",
+    "GateStats",
     "TaskGateStats",
     "build_gate_probe",
     "diagnose",
     "find_mmoe_layers",
     "gate_statistics",
     "gate_weights_from_model",
+    "num_task_experts",
     "plot_gate_heatmap",
     "plot_utilization_over_epochs",
     "predict_gate_weights",

@@ -8,14 +8,12 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from keras_mmoe._keras import keras
-from keras_mmoe.diagnostics.probe import build_gate_probe, predict_gate_weights
+from keras_mmoe.diagnostics.probe import build_gate_probe, num_task_experts, predict_gate_weights
 from keras_mmoe.diagnostics.stats import gate_statistics
 
-#: Per-task statistics recorded in ``GateDiagnostics.history``, each as an array (tasks,) per epoch.
+#: Per-gate statistics recorded in ``GateDiagnostics.history``, each as an array (gates,) per epoch.
 _SCALARS = ("entropy", "utilization_entropy", "effective_experts", "effective_experts_per_example",
             "max_weight_fraction", "polarized")
-
-
 
 
 def _plugin_metadata(plugin_name, data_class):
@@ -35,19 +33,24 @@ class GateDiagnostics(keras.callbacks.Callback):
     """Computes gate statistics on ``data`` at the end of epochs, into History and TensorBoard.
 
     At the end of every ``every``-th epoch (epochs 0, every, 2*every, ...) the callback runs
-    the gates of the model's MMoELayer in inference mode on ``data`` (keep it small: a
-    few hundred held-out examples), computes :func:`gate_statistics` and
+    the gates of the model's gated layer (MMoELayer, CGCLayer, PLELayer) in inference mode on
+    ``data`` (keep it small: a few hundred held-out examples), computes :func:`gate_statistics` and
 
-    - adds to the epoch's ``logs``, hence to ``History.history``, for each task ``t``:
-      ``gate/t/entropy``, ``gate/t/utilization_entropy``, ``gate/t/effective_experts``,
-      ``gate/t/effective_experts_per_example``, ``gate/t/max_weight_fraction``,
-      ``gate/t/num_unused_experts``, ``gate/t/polarized`` (0.0 or 1.0) and
-      ``gate/t/utilization_<i>`` for each expert ``i`` (``gate`` is ``prefix``). On epochs
-      it skips (``every > 1``) no key is added, so these History lists are shorter than
-      the loss's; ``history["epoch"]`` says which epochs they belong to;
-    - keeps them in :attr:`history` (``epoch``, ``utilization`` as (tasks, experts) arrays,
-      and the scalars above as (tasks,) arrays) and the reports in :attr:`reports`, ready for
-      :func:`plot_utilization_over_epochs`;
+    - adds to the epoch's ``logs``, hence to ``History.history``, for each gate ``g`` (a task
+      name for MMoE and CGC task gates, ``shared`` for a CGC shared gate, ``level_<l>/<task>``
+      and ``level_<l>/shared`` for PLE): ``gate/g/entropy``, ``gate/g/utilization_entropy``,
+      ``gate/g/effective_experts``, ``gate/g/effective_experts_per_example``,
+      ``gate/g/max_weight_fraction``, ``gate/g/num_unused_experts``, ``gate/g/polarized``
+      (0.0 or 1.0), ``gate/g/utilization_<expert>`` for each expert the gate weighs (MMoE:
+      ``utilization_0``...; CGC/PLE: ``utilization_click_0``, ``utilization_shared_0``...) and,
+      for CGC/PLE, ``gate/g/weight_on_<group>`` (``weight_on_click``, ``weight_on_shared``)
+      (``gate`` is ``prefix``; see :meth:`GateReport.to_logs`). On epochs it skips
+      (``every > 1``) no key is added, so these History lists are shorter than the loss's;
+      ``history["epoch"]`` says which epochs they belong to;
+    - keeps them in :attr:`history` (``epoch``, ``utilization`` as (gates, experts) arrays
+      with NaN where a gate does not weigh an expert, and the scalars above as (gates,)
+      arrays) and the reports in :attr:`reports`, with the names in :attr:`gate_names` and
+      :attr:`expert_names`, ready for :func:`plot_utilization_over_epochs`;
     - with ``log_dir``, writes the same scalars (step = epoch) and the Markdown report as
       text to a TensorBoard event file in ``log_dir`` (use a directory of its own, e.g.
       ``<tensorboard dir>/gates``, so it shows as a separate run).
@@ -60,7 +63,7 @@ class GateDiagnostics(keras.callbacks.Callback):
         log_dir: optional TensorBoard directory.
         every: compute every this many epochs (>= 1).
         steps: number of batches of ``data`` to use (None: all).
-        layer: which MMoELayer (name, path or instance) when the model holds several.
+        layer: which gated layer (name, path or instance) when the model holds several.
         prefix: first component of the logged keys.
         polarization_threshold, polarized_fraction, unused_threshold: see :func:`gate_statistics`.
         verbose: print the report after each computation when true.
@@ -104,9 +107,15 @@ class GateDiagnostics(keras.callbacks.Callback):
         self.verbose = bool(verbose)
         self.reports = []
         self.history = {"epoch": [], "utilization": [], **{name: [] for name in _SCALARS}}
-        self.task_names = None
+        self.gate_names = None
+        self.expert_names = None
         self._probe = None
         self._writer = None
+
+    @property
+    def task_names(self):
+        """The gates' names (the name from MMoE, where each gate is a task's); None before a computation."""
+        return self.gate_names
 
     def _ensure_probe(self):
         if self._probe is None or self._probe[0] is not self.model:
@@ -118,7 +127,8 @@ class GateDiagnostics(keras.callbacks.Callback):
         """Runs the gates on ``data`` now and returns the :class:`GateReport` (records nothing)."""
         probe, target, path = self._ensure_probe()
         weights = predict_gate_weights(probe, target, self.data, steps=self.steps)
-        return gate_statistics(weights, task_names=target.task_names, layer_name=path, **self.thresholds)
+        return gate_statistics(weights, task_names=target.task_names, num_task_experts=num_task_experts(target),
+                               layer_name=path, **self.thresholds)
 
     def on_train_begin(self, logs=None):
         self._ensure_probe()
@@ -127,12 +137,13 @@ class GateDiagnostics(keras.callbacks.Callback):
         if epoch % self.every != 0:
             return
         report = self.compute()
-        self.task_names = report.task_names
+        self.gate_names = report.gate_names
+        self.expert_names = list(report.experts)
         self.reports.append(report)
         self.history["epoch"].append(int(epoch))
         self.history["utilization"].append(report.utilization)
         for name in _SCALARS:
-            self.history[name].append(np.array([float(getattr(t, name)) for t in report.tasks]))
+            self.history[name].append(np.array([float(getattr(g, name)) for g in report.gates]))
         values = report.to_logs(self.prefix)
         if logs is not None:
             logs.update(values)

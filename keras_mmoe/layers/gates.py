@@ -152,6 +152,11 @@ class ExpertDropoutGate(keras.layers.Layer):
         seed = tf.identity(tf.convert_to_tensor(self.seed_state))
         with tf.control_dependencies([seed]):
             self.seed_state.assign_add(tf.constant([0, 1], dtype=tf.int64))
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # Every replica reads the same mirrored counter: fold in the replica's id so that each
+            # replica draws its own masks (still a function of `seed` and the step).
+            replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int64))
         draws = tf.random.stateless_uniform(tf.shape(logits), seed=seed, dtype=tf.float32)
         keep = draws >= self.rate
         row_has_expert = tf.reduce_any(keep, axis=-1, keepdims=True)

@@ -1,12 +1,15 @@
 """Reproductions of the papers' experiments, as plain functions.
 
 * :mod:`keras_mmoe.reproduce.census`: the census-income benchmark of the MMoE paper (section 6.3)
-  with its seven models, test AUC per task beside the paper's table.
+  with its seven models, test AUC per task beside the paper's table (and, on request, CGC and PLE).
 * :mod:`keras_mmoe.reproduce.synthetic`: the task-correlation study (sections 3.2 and 5):
-  MMoE, OMoE and Shared-Bottom at correlations 0.5, 0.9, 1.0; loss curves and final-loss spread.
+  MMoE, OMoE and Shared-Bottom (and, on request, CGC and PLE) at correlations 0.5, 0.9, 1.0;
+  loss curves and final-loss spread.
 * :mod:`keras_mmoe.reproduce.synthetic_converged`: the same study under a converged protocol
   (learning rate chosen on validation, early stopping, paired runs, bootstrap intervals), its
   JSON written as it goes and continued when started again (``--protocol converged``).
+* :mod:`keras_mmoe.reproduce.versus_mmoe`: CGC and PLE against MMoE in those two studies, run by
+  run, beside the PLE paper's numbers.
 * :mod:`keras_mmoe.reproduce.polarization`: gate polarization with and without expert dropout
   (the YouTube fix).
 

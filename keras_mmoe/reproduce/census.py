@@ -6,9 +6,12 @@ Recipe (the paper gives the data, the split, the metric and the model family; th
   at random into validation and test, seeded), task group 1 (income, marital) or 2 (education,
   marital); raw features encoded inside the model by
   :func:`keras_mmoe.features.census_feature_encoder` (one-hot, 517 columns);
-* models: the seven builders of :data:`keras_mmoe.models.BUILDERS` at about MMoE's parameter
-  count (:func:`keras_mmoe.models.matched_budget_kwargs`: MMoE and OMoE 8 experts x 16 units,
-  towers of 8, every other model one hidden layer sized to the same budget);
+* models: the MMoE paper's seven methods (the default) at about MMoE's parameter count
+  (:func:`keras_mmoe.models.matched_budget_kwargs`: MMoE and OMoE 8 experts x 16 units,
+  towers of 8, every other model one hidden layer sized to the same budget); on request
+  (``models=[..., "cgc", "ple"]``) CGC and PLE with 2 levels, MMoE's 8 experts split into 4
+  shared + 2 per task at every level, compared with MMoE run by run and with the PLE paper's
+  group-1 numbers (:mod:`keras_mmoe.reproduce.versus_mmoe`);
 * training: Adam (learning rate 1e-3), batch 1024, binary cross-entropy per task with equal
   weights, up to ``epochs`` epochs with early stopping on the main task's validation AUC
   (patience 2, best weights restored), as the paper tunes on the main task's validation AUC;
@@ -32,9 +35,12 @@ import time
 from typing import Sequence
 
 from keras_mmoe import _validation
-from keras_mmoe.reproduce import paper, report
+from keras_mmoe.reproduce import paper, report, versus_mmoe
 
-MODELS = ("single_task", "shared_bottom", "l2_constrained", "cross_stitch", "tensor_factorization", "omoe", "mmoe")
+#: The MMoE paper's methods (the default), then CGC and PLE (2 levels).
+DEFAULT_MODELS = ("single_task", "shared_bottom", "l2_constrained", "cross_stitch", "tensor_factorization", "omoe",
+                  "mmoe")
+MODELS = DEFAULT_MODELS + ("cgc", "ple")
 
 
 #: Settings of a quick smoke run (``keras-mmoe reproduce census --quick``).
@@ -102,7 +108,7 @@ def summarize(runs: list, task_names: Sequence[str], group: int) -> dict:
     for name in dict.fromkeys(r["model"] for r in runs):
         mine = [r for r in runs if r["model"] == name]
         entry = {
-            "method": paper.METHOD_NAMES.get(name, name),
+            "method": paper.DISPLAY_NAMES.get(name, name),
             "runs": len(mine),
             "params": mine[0]["params"],
             "mean_epochs": float(sum(r["epochs_trained"] for r in mine) / len(mine)),
@@ -119,7 +125,8 @@ def summarize(runs: list, task_names: Sequence[str], group: int) -> dict:
     return summary
 
 
-def to_markdown(summary: dict, task_names: Sequence[str], group: int, setup_text: str = "") -> str:
+def to_markdown(summary: dict, task_names: Sequence[str], group: int, setup_text: str = "",
+                versus: dict | None = None) -> str:
     main, aux = task_names
     header = [
         "method", "params", "runs", "epochs (mean)",
@@ -138,7 +145,10 @@ def to_markdown(summary: dict, task_names: Sequence[str], group: int, setup_text
             f"{p[aux]['mean']:.4f}" if p else "-",
         ])
     title = f"Census-income group {group}: test AUC over runs (mean ± sample std, best = max)\n\n"
-    return title + report.markdown_table(header, rows) + ("\n" + setup_text + "\n" if setup_text else "")
+    table = report.markdown_table(header, rows)
+    if versus:  # CGC/PLE against MMoE (versus_mmoe.census)
+        table += versus_mmoe.census_markdown(versus, summary, task_names)
+    return title + table + ("\n" + setup_text + "\n" if setup_text else "")
 
 
 def run_study(data, models: Sequence[str], runs: int, *, seed: int = 0, epochs: int = 10, patience: int = 2,
@@ -192,7 +202,7 @@ def run_study(data, models: Sequence[str], runs: int, *, seed: int = 0, epochs: 
 def study(
     *,
     group: int = 1,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = DEFAULT_MODELS,
     runs: int = 3,
     epochs: int = 10,
     patience: int = 2,
@@ -234,7 +244,8 @@ def study(
                     batch_size=data.batch_size, rows=data.num_rows)
     return dict(result, task_names=list(data.task_names), settings=settings,
                 seconds=round(time.perf_counter() - start, 1), environment=report.environment(),
-                targets=paper.CENSUS_TARGETS.get(group))
+                targets=paper.CENSUS_TARGETS.get(group),
+                versus_mmoe=versus_mmoe.census(result["runs"], list(data.task_names), group))
 
 
 def write_outputs(record: dict, out_dir: str) -> dict:
@@ -242,7 +253,8 @@ def write_outputs(record: dict, out_dir: str) -> dict:
     number, not a path of this machine) into ``out_dir``; returns ``{"markdown": path, "json": path}``."""
     group = record["settings"]["group"]
     base = os.path.join(out_dir, f"census_group{group}")
-    text = to_markdown(record["summary"], record["task_names"], group, report.setup_text(record))
+    text = to_markdown(record["summary"], record["task_names"], group, report.setup_text(record),
+                       versus=record.get("versus_mmoe"))
     portable = {k: v for k, v in record.items() if k != "export"}
     if record.get("export"):
         portable["export_version"] = int(os.path.basename(record["export"]))

@@ -8,7 +8,10 @@ Setup (paper section 5, with the choices the paper leaves open stated here):
 * models: MMoE and OMoE with 8 experts of one 16-unit ReLU layer, towers of one 8-unit layer;
   Shared-Bottom with one bottom layer sized to the same parameter count (the paper: 113 units
   for its ~13k; here 126 units for MMoE's 14,834, solved by
-  :func:`keras_mmoe.models.matched_budget_kwargs`);
+  :func:`keras_mmoe.models.matched_budget_kwargs`); on request CGC (14,430) and PLE with 2
+  levels (17,618), MMoE's 8 experts split into 4 shared + 2 per task at every level, compared
+  with MMoE run by run against the PLE paper's finding that PLE's edge grows as the
+  correlation falls (:mod:`keras_mmoe.reproduce.versus_mmoe`);
 * training: Adam (learning rate ``--learning-rate``, default 1e-3 from the paper's grid), batch 256,
   MSE per task with equal weights, ``--epochs`` epochs;
 * measured: the held-out loss (sum of the two tasks' MSE) after every epoch, plotted against
@@ -36,10 +39,12 @@ from typing import Sequence
 import numpy as np
 
 from keras_mmoe import _validation
-from keras_mmoe.reproduce import report
+from keras_mmoe.reproduce import paper, report, versus_mmoe
 
-MODELS = ("mmoe", "omoe", "shared_bottom")
-NAMES = {"mmoe": "MMoE", "omoe": "OMoE", "shared_bottom": "Shared-Bottom"}
+#: The MMoE paper's models (the default), then CGC and PLE (2 levels).
+DEFAULT_MODELS = ("mmoe", "omoe", "shared_bottom")
+MODELS = DEFAULT_MODELS + ("cgc", "ple")
+NAMES = {name: paper.DISPLAY_NAMES[name] for name in MODELS}
 DIM = 100
 TASKS = {"y1": "regression", "y2": "regression"}
 BATCH_SIZE = 256
@@ -48,7 +53,8 @@ QUICK = {"runs": 2, "samples": 2000, "epochs": 2}
 
 
 def build_model(name: str, seed: int, dim: int = DIM):
-    """MMoE / OMoE (8 x 16 experts, towers 8) or Shared-Bottom of the same size, seeded."""
+    """MMoE / OMoE (8 x 16 experts, towers 8), Shared-Bottom of the same size, or CGC / PLE with
+    MMoE's experts split into 4 shared + 2 per task (:func:`~keras_mmoe.models.matched_budget_kwargs`), seeded."""
     from keras_mmoe._keras import keras
     from keras_mmoe.models import BUILDERS, matched_budget_kwargs
 
@@ -110,7 +116,7 @@ def summarize(runs: list) -> dict:
     return summary
 
 
-def to_markdown(summary: dict, setup_text: str = "") -> str:
+def to_markdown(summary: dict, setup_text: str = "", versus: dict | None = None) -> str:
     corrs = sorted({c for e in summary.values() for c in e["final_loss"]}, key=float, reverse=True)
     header = ["model", "params"] + [f"p = {c}: loss mean ± std [min, max]" for c in corrs] + [
         "increase 1.0 → 0.5"]
@@ -124,7 +130,10 @@ def to_markdown(summary: dict, setup_text: str = "") -> str:
         cells.append(f"{inc:+.4f}" if inc is not None else "-")
         rows.append(cells)
     title = "Synthetic task-correlation study: final held-out loss (sum of the two tasks' MSE) over runs\n\n"
-    return title + report.markdown_table(header, rows) + ("\n" + setup_text + "\n" if setup_text else "")
+    table = report.markdown_table(header, rows)
+    if versus:  # CGC/PLE against MMoE (versus_mmoe.synthetic)
+        table += versus_mmoe.synthetic_markdown(versus)
+    return title + table + ("\n" + setup_text + "\n" if setup_text else "")
 
 
 def plot_loss_curves(runs: list):
@@ -193,7 +202,7 @@ def run_study(models: Sequence[str], correlations: Sequence[float], runs: int, *
 
 def study(
     *,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = DEFAULT_MODELS,
     correlations: Sequence[float] = (0.5, 0.9, 1.0),
     runs: int = 10,
     samples: int = 20_000,
@@ -223,14 +232,15 @@ def study(
     result = run_study(list(models), list(correlations), runs, seed=seed, progress=progress, samples=samples,
                        epochs=epochs, learning_rate=learning_rate)
     return dict(result, settings=settings, seconds=round(time.perf_counter() - start, 1),
-                environment=report.environment())
+                environment=report.environment(), versus_mmoe=versus_mmoe.synthetic(result["runs"]))
 
 
 def write_outputs(record: dict, out_dir: str) -> dict:
     """Writes ``synthetic.md``, ``.json`` and the two figures into ``out_dir``; returns their paths."""
     base = os.path.join(out_dir, "synthetic")
     paths = {
-        "markdown": report.write_text(base + ".md", to_markdown(record["summary"], report.setup_text(record))),
+        "markdown": report.write_text(base + ".md", to_markdown(record["summary"], report.setup_text(record),
+                                                                versus=record.get("versus_mmoe"))),
         "json": report.write_json(base + ".json", record),
         "loss_curves": base + "_loss_curves.png",
         "final_loss": base + "_final_loss.png",

@@ -137,7 +137,8 @@ def check_settings(settings: dict) -> dict:
     """The study's settings, checked (ValueError naming the setting) and normalized to JSON types."""
     models = list(settings["models"])
     if not models or any(m not in MODELS for m in models) or len(set(models)) != len(models):
-        raise ValueError(f"`models` must name some of {list(MODELS)} once each, received: models={models!r}")
+        raise ValueError(f"`models` must name some of {list(MODELS)} once each (the models the converged protocol "
+                         f"trains as replicas), received: models={models!r}")
     for name in ("correlations", "learning_rates", "noise_stddevs"):
         if not len(settings[name]):
             raise ValueError(f"`{name}` must hold at least one value, received none")
