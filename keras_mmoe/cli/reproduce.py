@@ -5,7 +5,8 @@ their progress): ``census`` (MMoE paper section 6.3), ``synthetic`` (sections 3.
 correlation), ``polarization`` (gate polarization and expert dropout, YouTube RecSys 2019).
 Each writes Markdown and JSON tables (and PNG plots) to ``--out-dir``; the JSON records the
 settings and a portable command that reproduces them (paths left out: they do not change the
-results).
+results). ``synthetic --protocol converged`` writes its JSON as it goes, and the same command
+continues a study that was stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ from keras_mmoe.cli.common import (
     say,
     seed,
 )
+
+def non_negative_float(text: str) -> float:
+    """argparse type of a float >= 0 (noise standard deviations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float >= 0, received {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a float >= 0, received {text}")
+    return value
+
 
 #: Flags that name places on this machine: left out of the recorded command.
 PATH_FLAGS = ("data_dir", "out_dir", "export_dir", "config")
@@ -69,27 +81,83 @@ def run_census(args: argparse.Namespace) -> int:
 # --- synthetic -------------------------------------------------------------------------------
 
 
+#: ``--protocol`` of ``reproduce synthetic``: flags that apply to one protocol only.
+SYNTHETIC_PROTOCOL_FLAGS = {
+    "fixed": ("epochs", "learning_rate"),
+    "converged": ("learning_rates", "noise_stddevs", "max_epochs", "patience"),
+}
+
+
 def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
     from keras_mmoe.reproduce.synthetic import DEFAULT_MODELS, MODELS
 
+    parser.add_argument("--protocol", choices=("fixed", "converged"), default="fixed",
+                        help="fixed: every run trains --epochs epochs at --learning-rate; converged: the "
+                        "learning rate chosen from --learning-rates on a validation split, early stopping, "
+                        "both noise readings, paired statistics with bootstrap intervals, resumable")
     parser.add_argument("--correlations", type=correlation, nargs="+", default=[0.5, 0.9, 1.0],
                         help="task correlations p")
-    parser.add_argument("--runs", type=positive_int, default=10, help="runs per model and correlation")
+    parser.add_argument("--runs", type=positive_int, default=None,
+                        help="runs per model and correlation (default: 10 fixed, 20 converged)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), metavar="MODEL",
                         help=f"models, of: {' '.join(MODELS)} (cgc, ple: PLE with 1 and 2 levels, compared with "
-                        "mmoe run by run)")
-    parser.add_argument("--samples", type=positive_int, default=20_000, help="rows per run, 80%% to train on")
-    parser.add_argument("--epochs", type=positive_int, default=30, help="epochs per run")
-    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")
+                        "mmoe run by run; fixed protocol only)")
+    parser.add_argument("--samples", type=positive_int, default=20_000,
+                        help="rows per run: 80%% train, 20%% held out (fixed); 80/10/10%% train, validation, "
+                        "test (converged)")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="epochs per run (fixed)")
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate (fixed)")
+    parser.add_argument("--learning-rates", type=positive_float, nargs="+", default=[1e-4, 1e-3, 1e-2],
+                        help="the learning-rate grid (converged)")
+    parser.add_argument("--noise-stddevs", type=non_negative_float, nargs="+", default=[0.1, 0.01],
+                        help="label noise standard deviations: the paper's N(0, 0.01) as variance (0.1) and as "
+                        "standard deviation (0.01) (converged)")
+    parser.add_argument("--max-epochs", type=positive_int, default=400, help="most epochs per run (converged)")
+    parser.add_argument("--patience", type=positive_int, default=10,
+                        help="early stopping: epochs without a lower validation loss (converged)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of run 1; run r uses seed + r - 1")
-    parser.add_argument("--out-dir", default="results", help="where the tables and plots go")
-    parser.add_argument("--quick", action="store_true", help="2 runs, 2000 rows, 2 epochs: a smoke run")
+    parser.add_argument("--out-dir", default="results",
+                        help="where the tables and plots go (converged: also its JSON, continued when it exists)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2 runs, 2000 rows, 2 epochs (fixed); 2 runs, 1000 rows, at most 2 "
+                        "epochs, learning rates 1e-3 1e-2, noise 0.1 (converged)")
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    return _run_study(args, dict(runs=args.runs, samples=args.samples, epochs=args.epochs),
+    defaults = argparse.ArgumentParser()
+    add_synthetic_arguments(defaults)
+    for other, flags in SYNTHETIC_PROTOCOL_FLAGS.items():
+        for flag in flags if other != args.protocol else ():
+            if getattr(args, flag) != defaults.get_default(flag):
+                raise CLIError(f"--{flag.replace('_', '-')} applies to --protocol {other}, not {args.protocol}")
+    if args.protocol == "converged":
+        return run_synthetic_converged(args)
+    return _run_study(args, dict(runs=args.runs or 10, samples=args.samples, epochs=args.epochs),
                       models=args.models, correlations=args.correlations, learning_rate=args.learning_rate,
                       seed=args.seed)
+
+
+def run_synthetic_converged(args: argparse.Namespace) -> int:
+    """The converged protocol: its JSON in ``--out-dir`` is written as units finish and continued by
+    the same command."""
+    import os
+
+    from keras_mmoe.reproduce import synthetic_converged as converged
+
+    settings = dict(models=args.models, correlations=args.correlations, runs=args.runs or 20,
+                    learning_rates=args.learning_rates, noise_stddevs=args.noise_stddevs, samples=args.samples,
+                    max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
+    if args.quick:
+        settings.update(converged.QUICK)
+    path = os.path.join(args.out_dir, converged.NAME + ".json")
+    import_tensorflow()
+    record = converged.study(path, command=portable_command(args), progress=say, **settings)
+    paths = converged.write_outputs(record, args.out_dir)
+    with open(paths["markdown"], encoding="utf-8") as f:
+        print(f.read())
+    for name in paths.values():
+        say(f"wrote {name}")
+    return 0
 
 
 # --- polarization ----------------------------------------------------------------------------

@@ -32,8 +32,13 @@ def check_rank2(layer, argument, shape):
 
 
 def fresh_seed():
-    """A random seed for when the user gave none (initial values still differ per copy)."""
-    return random.SystemRandom().randrange(2**31 - 1)
+    """A random seed for when the user gave none (initial values still differ per copy).
+
+    Drawn from Python's global ``random``, which ``keras.utils.set_random_seed`` seeds (as Keras
+    draws its own default seeds), so that a program that sets the seed builds the same weights
+    and dropout draws every run; without it, the stream differs per process.
+    """
+    return random.randrange(2**31 - 1)
 
 
 def seeded_copy(initializer, seed):
