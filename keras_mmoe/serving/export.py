@@ -142,6 +142,7 @@ def export_for_serving(
     warmup_inputs=None,
     overwrite=False,
     example_defaults=None,
+    example_separators=None,
 ):
     """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
 
@@ -174,6 +175,9 @@ def export_for_serving(
             required; a missing one fails the request with ``InvalidArgumentError`` naming the
             feature), ``"zeros"`` (all optional: 0 or ``""``), or ``{name: default}``. See
             :func:`keras_mmoe.serving.example_feature_spec`.
+        example_separators: ``{name: separator}`` of string inputs holding a joined list of tokens;
+            in ``predict_examples`` such a feature is a ``bytes_list`` of any length (absent = no
+            token), joined with the separator before the model splits it again.
 
     Returns:
         The version directory, ``base_dir/<version>``.
@@ -195,7 +199,8 @@ def export_for_serving(
         raise ValueError(f"`base_dir` must be a directory, received the file {base_dir}")
 
     # Validate everything before touching the filesystem.
-    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults)
+    functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults,
+                                 example_separators=example_separators)
     if examples_signature:
         functions.feature_spec  # noqa: B018 (raises for inputs that cannot be Example features)
     warmup_batches = None

@@ -5,7 +5,8 @@ task name, this module derives
 
 * the raw input signature (one ``tf.TensorSpec`` per named input, batch dimension ``None``);
 * the ``tf.train.Example`` feature spec of the ``predict_examples`` signature (one
-  ``FixedLenFeature`` per input: float, int64 or string, fixed length);
+  ``FixedLenFeature`` per input: float, int64 or string, fixed length; or, for a string input
+  holding a joined list, a ``bytes_list`` of any length joined with its separator);
 * the output dict (task name -> tensor; optionally ``<task>_gate_weights``);
 * the Python functions that the SavedModel signatures trace, always calling the model with
   ``training=False`` so that dropout, expert dropout and every other training-only behaviour
@@ -105,7 +106,26 @@ def input_specs(model):
     return specs
 
 
-def example_feature_spec(model_or_specs, defaults=None):
+def _check_separators(separators, specs):
+    """``{name: separator}`` of string inputs of shape (batch, 1) that hold a joined list."""
+    if separators is None:
+        return {}
+    if not isinstance(separators, dict):
+        raise ValueError(f"`example_separators` must be None or a dict {{name: separator}}, received: {separators!r}")
+    for name, separator in separators.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ValueError(f"`example_separators` names the feature {name!r} the model does not have; "
+                             f"the model's inputs are {sorted(specs)}")
+        if spec.dtype != tf.string or tuple(spec.shape[1:]) != (1,):
+            raise ValueError(f"`example_separators` needs string inputs of shape (batch, 1); input {name!r} has "
+                             f"dtype {spec.dtype.name} and shape {tuple(spec.shape)}")
+        if not isinstance(separator, str):
+            raise ValueError(f"`example_separators[{name!r}]` must be a string, received: {separator!r}")
+    return dict(separators)
+
+
+def example_feature_spec(model_or_specs, defaults=None, separators=None):
     """The ``tf.io.parse_example`` spec of the ``predict_examples`` signature.
 
     Each input becomes a ``tf.io.FixedLenFeature`` with the input's shape without the batch
@@ -122,6 +142,10 @@ def example_feature_spec(model_or_specs, defaults=None):
             (numbers) or ``""`` (strings, which a ``StringLookup`` maps to its OOV index). A dict
             ``{name: value}``: those features are optional with that default (a scalar fills the
             whole feature); the others stay required.
+        separators: optional ``{name: separator}`` of string inputs of shape (batch, 1) that hold
+            a list of tokens joined by ``separator``: in an Example such a feature is a
+            ``bytes_list`` of any length (``tf.io.VarLenFeature``; absent = no token), which
+            :meth:`ServingFunctions.parse` joins with the separator.
     """
     specs = input_specs(model_or_specs) if isinstance(model_or_specs, keras.Model) else dict(model_or_specs)
     if defaults is None:
@@ -139,8 +163,12 @@ def example_feature_spec(model_or_specs, defaults=None):
             )
     else:
         raise ValueError(f"`example_defaults` must be None, 'zeros' or a dict, received: {defaults!r}")
+    separators = _check_separators(separators, specs)
     feature_spec = {}
     for name, spec in specs.items():
+        if name in separators:
+            feature_spec[name] = tf.io.VarLenFeature(tf.string)
+            continue
         shape = tuple(spec.shape[1:])
         if any(d is None for d in shape):
             raise ValueError(
@@ -253,7 +281,7 @@ class ServingFunctions:
     serialized ``tf.train.Example``. Both return ``{output name: tensor}``.
     """
 
-    def __init__(self, model, *, include_gate_weights=False, example_defaults=None):
+    def __init__(self, model, *, include_gate_weights=False, example_defaults=None, example_separators=None):
         self.model = model
         self.input_specs = input_specs(model)
         self.task_names = output_names(model)
@@ -268,12 +296,13 @@ class ServingFunctions:
                     f"The MMoELayer's tasks {missing} are not outputs of the model {self.task_names}"
                 )
         self.example_defaults = example_defaults
+        self.example_separators = _check_separators(example_separators, self.input_specs)
         self._feature_spec = None
 
     @property
     def feature_spec(self):
         if self._feature_spec is None:
-            self._feature_spec = example_feature_spec(self.input_specs, self.example_defaults)
+            self._feature_spec = example_feature_spec(self.input_specs, self.example_defaults, self.example_separators)
         return self._feature_spec
 
     def output_names(self):
@@ -293,6 +322,9 @@ class ServingFunctions:
     def parse(self, examples):
         """Parses a 1-D batch of serialized examples into the model's raw inputs."""
         parsed = tf.io.parse_example(examples, self.feature_spec)
+        for name, separator in self.example_separators.items():
+            tokens = tf.RaggedTensor.from_sparse(parsed[name])
+            parsed[name] = tf.strings.reduce_join(tokens, axis=1, separator=separator, keepdims=True)
         return {
             name: parsed[name] if parsed[name].dtype == spec.dtype else tf.cast(parsed[name], spec.dtype)
             for name, spec in self.input_specs.items()
