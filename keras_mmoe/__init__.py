@@ -30,7 +30,7 @@ if _sys.argv and _os.path.basename(_sys.argv[0]) == "keras-mmoe" and not _os.env
 
 from keras_mmoe._keras import IS_KERAS_3, KERAS_FLAVOR  # noqa: E402
 from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer  # noqa: E402
-from keras_mmoe import diagnostics, models, weighting  # noqa: E402  (public subpackages)
+from keras_mmoe import diagnostics, features, models, weighting  # noqa: E402  (public subpackages)
 
 __version__ = "0.1.0"
 
