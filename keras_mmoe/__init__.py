@@ -29,9 +29,10 @@ if _sys.argv and _os.path.basename(_sys.argv[0]) == "keras-mmoe" and not _os.env
     _quiet_tensorflow_import()
 
 from keras_mmoe._keras import IS_KERAS_3, KERAS_FLAVOR  # noqa: E402
-from keras_mmoe.layers import ExpertBank, ExpertDropoutGate, MMoELayer  # noqa: E402
+from keras_mmoe.layers import CGCLayer, ExpertBank, ExpertDropoutGate, MMoELayer, PLELayer  # noqa: E402
 from keras_mmoe import diagnostics, features, models, weighting  # noqa: E402  (public subpackages)
 
 __version__ = "0.1.0"
 
-__all__ = ["ExpertBank", "ExpertDropoutGate", "MMoELayer", "IS_KERAS_3", "KERAS_FLAVOR", "__version__"]
+__all__ = ["ExpertBank", "ExpertDropoutGate", "MMoELayer", "CGCLayer", "PLELayer", "IS_KERAS_3", "KERAS_FLAVOR",
+           "__version__"]

@@ -1,16 +1,20 @@
 """The one place that decides which Keras the package runs on.
 
 TensorFlow's ``tf.keras`` is Keras 3 by default and tf-keras (Keras 2) when the
-environment variable ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow is imported.
-Every module of keras_mmoe takes ``keras`` from here, so the same layer classes
-work under both and follow TensorFlow's own switch. Layer math is written with
+environment variable ``TF_USE_LEGACY_KERAS`` is ``1``, ``true`` or ``True`` when TensorFlow
+resolves ``tf.keras``. Every module of keras_mmoe takes ``keras`` from here, so the same layer
+classes work under both and follow TensorFlow's own switch. Layer math is written with
 TensorFlow ops, which run under both.
+
+The flavour is read from the classes ``tf.keras`` really holds, not from the module's name:
+``from tensorflow.keras.layers import Dense`` run before this module renames ``tf.keras`` to
+``tensorflow.keras`` whichever Keras it holds.
 """
 
 import tensorflow as tf
 
 #: True under Keras 3, False under tf-keras (``TF_USE_LEGACY_KERAS=1``).
-IS_KERAS_3 = not tf.keras.__name__.startswith("tf_keras")
+IS_KERAS_3 = not tf.keras.layers.Layer.__module__.startswith("tf_keras")
 
 if IS_KERAS_3:
     # tf.keras is then `keras._tf_keras.keras`, a reduced namespace (no `saving`, no

@@ -15,6 +15,12 @@ def check_positive_int(name, value):
     return value
 
 
+def check_non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, received: {name}={value!r}")
+    return value
+
+
 def check_units(name, value):
     """An int or a non-empty sequence of positive ints, returned as a tuple."""
     units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -4,9 +4,9 @@
     python notebooks/execute.py 03_census_income.ipynb
     python notebooks/execute.py --quick             # quick mode (KERAS_MMOE_QUICK=1), nothing written
 
-Each notebook runs in a fresh ``python3`` kernel, in a temporary working directory, with
-``KERAS_MMOE_DATA_DIR`` pointing at the census data when it is not set and ``../shared/data``
-exists (the project's layout). The test suite (tests/test_notebooks.py) uses :func:`execute`.
+Each notebook runs in a fresh ``python3`` kernel, in a temporary working directory. The census
+notebook reads ``KERAS_MMOE_DATA_DIR`` (else the loader's cache, downloading the UCI files once);
+the test suite (tests/test_notebooks.py) points it at the sample committed under tests/data.
 """
 
 import argparse
@@ -18,7 +18,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
 
 def notebook_paths():
@@ -56,8 +55,6 @@ def execute(path, quick, timeout=900, write=False):
     env_before = dict(os.environ)
     os.environ["KERAS_MMOE_QUICK"] = "1" if quick else "0"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "KERAS_MMOE_DATA_DIR" not in os.environ and os.path.isdir(SHARED_DATA):
-        os.environ["KERAS_MMOE_DATA_DIR"] = SHARED_DATA
     os.environ.pop("TF_USE_LEGACY_KERAS", None)  # each notebook chooses its Keras itself
     try:
         with tempfile.TemporaryDirectory() as cwd:

@@ -15,9 +15,44 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA_DIR = os.environ.get(
-    "KERAS_MMOE_DATA_DIR", os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
-)
+#: A data directory holding census-income/ with the first 1,000 rows of each UCI file (gzip), for
+#: quick runs of the loader, the encoder, the census study and the census notebook.
+CENSUS_SAMPLE_DIR = os.path.join(REPO_ROOT, "tests", "data")
+CENSUS_SAMPLE_ROWS = 1000
+
+
+def _full_census_dir():
+    """A data directory with the complete UCI census-income files, or None.
+
+    Looked up in order: ``$KERAS_MMOE_DATA_DIR``, ``../shared/data`` beside the repository (where
+    CI keeps it), the loader's own cache (``~/.keras_mmoe/data``); if none holds both files, one
+    download into that cache is tried (checksums verified)."""
+    from keras_mmoe.data import census
+
+    names = ("census-income.data.gz", "census-income.test.gz")
+    candidates = [
+        os.environ.get("KERAS_MMOE_DATA_DIR"),
+        os.path.join(os.path.dirname(REPO_ROOT), "shared", "data"),
+        census.census_data_dir(),
+    ]
+    for directory in filter(None, candidates):
+        if all(os.path.isfile(os.path.join(directory, "census-income", n)) for n in names):
+            return directory, None
+    try:
+        census.read_census_columns(census.census_data_dir(), max_rows=2, download=True)
+    except OSError as error:
+        return None, f"{type(error).__name__}: {error}"
+    return census.census_data_dir(), None
+
+
+@pytest.fixture(scope="session")
+def full_census_dir():
+    """The directory of the full census-income data; the test is skipped, with the reason, when
+    neither a copy nor a download is possible (a fresh clone without network)."""
+    directory, reason = _full_census_dir()
+    if directory is None:
+        pytest.skip(f"needs the full census-income files: set KERAS_MMOE_DATA_DIR (download failed: {reason})")
+    return directory
 
 
 @pytest.fixture(autouse=True)

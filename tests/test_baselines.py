@@ -343,6 +343,8 @@ CENSUS_TABLE = {
     "l2_constrained": 72_170,
     "cross_stitch": 72_174,
     "tensor_factorization": 71_928,
+    "cgc": 70_290,
+    "ple": 76_670,
 }
 
 

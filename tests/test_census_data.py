@@ -1,7 +1,8 @@
 """The census-income loader: split sizes, label definitions, inputs, download and checksums.
 
-Quick tests read the first rows of the real UCI files in ../shared/data (``max_rows``); one test
-reads both files in full (content checksums, row counts, the measured label correlations).
+Quick tests read the sample committed under tests/data (the first 1,000 rows of each real UCI
+file); the tests that need both files in full (content checksums, row counts, the measured label
+correlations, a verified "download") take them from the ``full_census_dir`` fixture.
 Downloads are tested against a local ``http.server`` on 127.0.0.1 and ``file://`` URLs only.
 """
 
@@ -16,13 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED_DATA_DIR
+from conftest import CENSUS_SAMPLE_DIR, CENSUS_SAMPLE_ROWS
 from keras_mmoe.data import census
 from keras_mmoe.data import CorruptFileError, census_labels, load_census_income, read_census_columns
 from keras_mmoe.data import validation_test_split
 
-CENSUS_DIR = os.path.join(SHARED_DATA_DIR, "census-income")
-ROWS = 4000
+SAMPLE_FILES = os.path.join(CENSUS_SAMPLE_DIR, "census-income")
+ROWS = CENSUS_SAMPLE_ROWS
 
 CONTINUOUS_KEYS = (
     "age",
@@ -45,18 +46,18 @@ COLLEGE = {
 
 def _reference_rows(filename, n):
     """The first ``n`` rows of a UCI file, parsed independently of the loader (field.strip())."""
-    with gzip.open(os.path.join(CENSUS_DIR, filename), "rt", encoding="ascii") as f:
+    with gzip.open(os.path.join(SAMPLE_FILES, filename), "rt", encoding="ascii") as f:
         return [[v.strip() for v in next(f).rstrip("\n").split(",")] for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
 def group1():
-    return load_census_income(SHARED_DATA_DIR, group=1, max_rows=ROWS, download=False, batch_size=512, seed=0)
+    return load_census_income(CENSUS_SAMPLE_DIR, group=1, max_rows=ROWS, download=False, batch_size=128, seed=0)
 
 
 @pytest.fixture(scope="module")
 def group2():
-    return load_census_income(SHARED_DATA_DIR, group=2, max_rows=ROWS, download=False, batch_size=512, seed=0)
+    return load_census_income(CENSUS_SAMPLE_DIR, group=2, max_rows=ROWS, download=False, batch_size=128, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,7 @@ def test_dataset_structure(group1, group2):
         for key in data.nominal_features:
             assert features_spec[key].dtype == tf.string and features_spec[key].shape.as_list() == [None, 1]
         features, labels = next(iter(data.validation))
-        assert features["age"].shape[0] == 512
+        assert features["age"].shape[0] == 128
         for v in labels.values():
             assert set(np.unique(v.numpy()).tolist()) <= {0.0, 1.0}
 
@@ -198,9 +199,9 @@ def test_group2_at_least_college_rule(group2, train_rows):
     )
 
 
-def test_full_files_checksums_sizes_and_label_correlations():
+def test_full_files_checksums_sizes_and_label_correlations(full_census_dir):
     """Reads both UCI files in full: content sha256 verified, paper row counts, measured correlations."""
-    raw = read_census_columns(SHARED_DATA_DIR, download=False)  # verify=True: raises on a checksum mismatch
+    raw = read_census_columns(full_census_dir, download=False)  # verify=True: raises on a checksum mismatch
     assert len(raw["train"]["age"]) == 199_523
     assert len(raw["test"]["age"]) == 99_762
     r1 = census.label_correlation(census_labels(raw["train"], 1))
@@ -217,13 +218,13 @@ def test_full_files_checksums_sizes_and_label_correlations():
 
 def test_argument_errors():
     with pytest.raises(ValueError, match=r"group=3"):
-        load_census_income(SHARED_DATA_DIR, group=3, max_rows=10, download=False)
+        load_census_income(CENSUS_SAMPLE_DIR, group=3, max_rows=10, download=False)
     with pytest.raises(ValueError, match=r"batch_size=0"):
-        load_census_income(SHARED_DATA_DIR, batch_size=0, max_rows=10, download=False)
+        load_census_income(CENSUS_SAMPLE_DIR, batch_size=0, max_rows=10, download=False)
     with pytest.raises(ValueError, match=r"max_rows=1\b"):
-        load_census_income(SHARED_DATA_DIR, max_rows=1, download=False)
+        load_census_income(CENSUS_SAMPLE_DIR, max_rows=1, download=False)
     with pytest.raises(ValueError, match=r"seed='a'"):
-        load_census_income(SHARED_DATA_DIR, seed="a", max_rows=10, download=False)
+        load_census_income(CENSUS_SAMPLE_DIR, seed="a", max_rows=10, download=False)
 
 
 def test_missing_files_without_download(tmp_path):
@@ -232,8 +233,8 @@ def test_missing_files_without_download(tmp_path):
 
 
 def test_data_dir_from_environment_and_default(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_MMOE_DATA_DIR", SHARED_DATA_DIR)
-    assert census.census_data_dir() == os.path.abspath(SHARED_DATA_DIR)
+    monkeypatch.setenv("KERAS_MMOE_DATA_DIR", CENSUS_SAMPLE_DIR)
+    assert census.census_data_dir() == os.path.abspath(CENSUS_SAMPLE_DIR)
     data = load_census_income(max_rows=20, download=False)
     assert data.num_rows["train"] == 20
     monkeypatch.delenv("KERAS_MMOE_DATA_DIR")
@@ -242,9 +243,9 @@ def test_data_dir_from_environment_and_default(tmp_path, monkeypatch):
     assert census.census_data_dir(str(tmp_path / "x")) == str(tmp_path / "x")
 
 
-def test_download_real_files_from_file_url(tmp_path):
+def test_download_real_files_from_file_url(tmp_path, full_census_dir):
     """The real files, 'downloaded' from a file:// URL: verified against the published checksums."""
-    base_url = "file://" + os.path.abspath(CENSUS_DIR)
+    base_url = "file://" + os.path.abspath(os.path.join(full_census_dir, "census-income"))
     cache = tmp_path / "cache"
     data = load_census_income(str(cache), max_rows=100, base_url=base_url)
     assert data.num_rows["train"] == 100
@@ -264,7 +265,7 @@ def _small_census_files(directory):
     specs = {}
     for split, n in (("train", 60), ("test", 40)):
         filename = census.CENSUS_FILES[split].filename
-        with gzip.open(os.path.join(CENSUS_DIR, filename), "rb") as f:
+        with gzip.open(os.path.join(SAMPLE_FILES, filename), "rb") as f:
             content = b"".join(f.readline() for _ in range(n))
         with open(os.path.join(directory, filename), "wb") as out:
             out.write(gzip.compress(content))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import CENSUS_SAMPLE_DIR, REPO_ROOT
 from keras_mmoe.cli.main import COMMAND_MODULES, build_parser, main
 
 
@@ -95,7 +95,7 @@ def test_evaluate_errors(trained, tmp_path, capsys):
 def test_evaluate_names_missing_features(trained, capsys):
     # census features for a synthetic model: the model's input "features" is missing
     code = main(["evaluate", str(trained / "mmoe_synthetic" / "1"), "--data", "census",
-                 "--data-dir", os.path.join(REPO_ROOT, "..", "shared", "data"), "--max-rows", "200"])
+                 "--data-dir", CENSUS_SAMPLE_DIR, "--max-rows", "200"])
     assert code == 2
     assert "lacks the model's input feature(s) ['features']" in _one_line_error(capsys, "evaluate")
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED_DATA_DIR
+from conftest import CENSUS_SAMPLE_DIR, CENSUS_SAMPLE_ROWS
 from keras_mmoe._keras import IS_KERAS_3, keras
 from keras_mmoe.data import load_census_income
 from keras_mmoe.features import build_feature_encoder, census_feature_encoder, sanitize_feature_name
 from keras_mmoe.features import sanitize_feature_names
 
-ROWS = 3000
+ROWS = CENSUS_SAMPLE_ROWS
 
 TOY = {
     "temperature": np.array([10.0, 20.0, 30.0, 40.0, 50.0, 10.0], np.float32),
@@ -36,7 +36,7 @@ def _encoder_model(**kwargs):
 
 @pytest.fixture(scope="module")
 def census_data():
-    return load_census_income(SHARED_DATA_DIR, group=1, max_rows=ROWS, download=False, batch_size=256, seed=0)
+    return load_census_income(CENSUS_SAMPLE_DIR, group=1, max_rows=ROWS, download=False, batch_size=256, seed=0)
 
 
 # ------------------------------------------------------------------------------------------------

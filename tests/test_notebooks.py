@@ -7,7 +7,7 @@ import os
 import nbformat
 import pytest
 
-from conftest import REPO_ROOT, SHARED_DATA_DIR
+from conftest import REPO_ROOT, CENSUS_SAMPLE_DIR
 from keras_mmoe import IS_KERAS_3
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO_ROOT, "notebooks", "*.ipynb")))
@@ -48,7 +48,7 @@ def test_committed_notebook_has_its_outputs(path):
 def test_notebook_executes_in_quick_mode(path, monkeypatch):
     from nbclient.exceptions import CellExecutionError
 
-    monkeypatch.setenv("KERAS_MMOE_DATA_DIR", SHARED_DATA_DIR)
+    monkeypatch.setenv("KERAS_MMOE_DATA_DIR", CENSUS_SAMPLE_DIR)
     try:
         nb = _executor().execute(path, quick=True, timeout=600)
     except CellExecutionError as error:

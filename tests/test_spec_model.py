@@ -158,6 +158,8 @@ def test_preprocessing_layers_round_trip_their_config(layer):
     ("cross_stitch", {"hidden_units": [5]}),
     ("l2_constrained", {"hidden_units": [5]}),
     ("tensor_factorization", {"hidden_units": [5]}),
+    ("ple", {"num_levels": 2, "num_shared_experts": 2, "num_task_experts": 1, "expert_units": 4}),
+    ("cgc", {"num_shared_experts": 2, "num_task_experts": 1, "expert_units": 4}),
 ])
 def test_every_architecture_builds_from_the_spec(data_dir, stats, architecture, kwargs):
     tables = copy.deepcopy(SPEC)
@@ -173,7 +175,7 @@ def test_every_architecture_builds_from_the_spec(data_dir, stats, architecture, 
 
 
 @pytest.mark.parametrize("model_table, message", [
-    ({"architecture": "ple"}, r"\[model\]: unknown architecture 'ple'; choose one of \['cross_stitch', "),
+    ({"architecture": "moe"}, r"\[model\]: unknown architecture 'moe'; choose one of \['cgc', 'cross_stitch', "),
     ({"architecture": "mmoe", "num_expert": 3}, r"\[model\]: unknown key 'num_expert' for architecture 'mmoe'; "
                                                  r"valid keys: architecture, gate_features, num_experts"),
     ({"architecture": "mmoe", "num_experts": 0}, r"\[model\] \(mmoe\): `num_experts` must be a positive integer"),

@@ -28,7 +28,7 @@ Names: the input key, the ``keras.Input`` name and the prefix of the feature's l
 outside ``[A-Za-z0-9_]`` becomes ``_``; ``"class of worker"`` -> ``class_of_worker``, layers
 ``class_of_worker_lookup`` ...).
 
-Known limitation (design.md): under Keras 3, ``MirroredStrategy`` fails on string inputs
+Known limitation (measured on TF 2.21 / Keras 3.15): under Keras 3, ``MirroredStrategy`` fails on string inputs
 inside a model; there, train with the lookups applied in the ``tf.data`` pipeline (call the
 encoder model in ``dataset.map``), or use tf-keras, where both work.
 """

@@ -1,8 +1,10 @@
 """Whole multi-task models: dict inputs, one tower per task, dict outputs keyed by task name."""
 
 from keras_mmoe.models.builders import (
+    build_cgc,
     build_mmoe,
     build_omoe,
+    build_ple,
     build_shared_bottom,
     build_single_task,
     make_inputs,
@@ -25,12 +27,16 @@ BUILDERS = {
     "l2_constrained": build_l2_constrained,
     "cross_stitch": build_cross_stitch,
     "tensor_factorization": build_tensor_factorization,
+    "cgc": build_cgc,
+    "ple": build_ple,
 }
 
 __all__ = [
     "BUILDERS",
+    "build_cgc",
     "build_mmoe",
     "build_omoe",
+    "build_ple",
     "build_shared_bottom",
     "build_single_task",
     "compile_kwargs",

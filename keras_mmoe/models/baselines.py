@@ -22,6 +22,8 @@ two tasks (numbers asserted in tests/test_baselines.py):
     l2_constrained        hidden_units=(71,)                          72,170    0.998
     cross_stitch          hidden_units=(71,)                          72,174    0.998
     tensor_factorization  hidden_units=(91,), ranks=(91, 91, 2)       71,928    0.995
+    cgc                   4 shared + 2 per task experts x 16 units    70,290    0.972
+    ple                   as cgc, 2 levels                            76,670    1.061
 """
 
 import math
@@ -179,14 +181,38 @@ def _tower_params(units_in, tower_units, num_tasks):
     return num_tasks * (total + u + 1)
 
 
+def _mlp_params(input_dim, units):
+    total = 0
+    for u in units:
+        total += input_dim * u + u
+        input_dim = u
+    return total
+
+
+def _progressive_params(d, n, tower, num_levels, kwargs):
+    """CGC / PLE with linear gates: per level the experts, the task gates and (but for the last) the shared gate."""
+    s, m = kwargs.get("num_shared_experts", 4), kwargs.get("num_task_experts", 2)
+    units = _utils.check_units("expert_units", kwargs.get("expert_units", 16))
+    bias = 1 if kwargs.get("gate_use_bias", True) else 0
+    total, width = 0, d
+    for level in range(num_levels):
+        total += (n * m + s) * _mlp_params(width, units) + n * (width + bias) * (m + s)
+        if level < num_levels - 1:
+            total += (width + bias) * (n * m + s)
+        width = units[-1]
+    return total + _tower_params(width, tower, n)
+
+
 def count_params_formula(kind, input_dim, num_tasks, **kwargs):
     """Trainable parameters of ``BUILDERS[kind]`` with one hidden/bottom layer, without building it.
 
     Used by :func:`matched_budget_kwargs` to size the baselines; tests check it against
-    ``model.count_params()``.
+    ``model.count_params()``. CGC and PLE: any ``expert_units``, linear gates.
     """
     d, n = input_dim, num_tasks
     tower = tuple(kwargs.get("tower_units", (8,)))
+    if kind in ("cgc", "ple"):
+        return _progressive_params(d, n, tower, 1 if kind == "cgc" else kwargs.get("num_levels", 2), kwargs)
     if kind in ("mmoe", "omoe"):
         e, u = kwargs.get("num_experts", 8), kwargs.get("expert_units", 16)
         gates = 1 if kind == "omoe" else n
@@ -223,7 +249,9 @@ def matched_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16
 
     MMoE and OMoE get ``num_experts`` x ``expert_units`` (the paper's 8 x 16); every other
     model gets one hidden (or bottom) layer whose width is solved for the count closest to
-    MMoE's, towers ``tower_units`` for all. Tensor-Factorization uses ranks (h, h, T).
+    MMoE's, towers ``tower_units`` for all. Tensor-Factorization uses ranks (h, h, T). CGC
+    and PLE (2 levels) keep MMoE's experts, ``num_experts // 2`` of them shared and the rest
+    split evenly between the tasks (at least one each); PLE's second level adds its own.
 
     Example:
 
@@ -251,6 +279,12 @@ def matched_budget_kwargs(input_dim, num_tasks=2, num_experts=8, expert_units=16
         target,
     )
     result["tensor_factorization"] = dict(hidden_units=(h,), ranks=(min(h, d), h, n), tower_units=tower)
+    # CGC and PLE: MMoE's experts, half of them shared and the rest split between the tasks.
+    shared = max(1, num_experts // 2)
+    cgc = dict(num_shared_experts=shared, num_task_experts=max(1, (num_experts - shared) // n),
+               expert_units=expert_units, tower_units=tower)
+    result["cgc"] = cgc
+    result["ple"] = dict(cgc, num_levels=2)
     return result
 
 

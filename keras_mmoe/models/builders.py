@@ -8,6 +8,8 @@ binary tasks, linear for regression), computed in float32 under mixed precision.
 
     MMoE           y_k = h^k( sum_i g^k(x)_i f_i(x) )        one gate per task
     OMoE           y_k = h^k( sum_i g(x)_i f_i(x) )          one gate for all tasks
+    CGC            y_k = h^k( sum_i g^k(x)_i S^k(x)_i )      S^k: task k's own experts, then shared ones
+    PLE            CGC levels stacked; level j reads level j-1's task and shared outputs
     Shared-Bottom  y_k = h^k( f(x) )                         one shared MLP bottom
     Single-Task    y_k = h^k( f^k(x) )                       a separate network per task
 """
@@ -18,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
-from keras_mmoe.layers import MMoELayer
+from keras_mmoe.layers import CGCLayer, MMoELayer, PLELayer
 from keras_mmoe.layers import _utils
+from keras_mmoe.layers.cgc import TASK_GATES
 from keras_mmoe.models.tasks import normalize_tasks, output_activation
 
 
@@ -170,11 +173,22 @@ def build_mmoe(
         seed=seed,
         name="omoe" if shared_gate else "mmoe",
     )
+    towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
+                  dropout=tower_dropout, output_scaling=output_scaling)
+    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name)
+
+
+def _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, gate_key=None):
+    """``layer`` (MMoE, CGC or PLE) on the features, one tower per task, optionally a ``gate_weights`` output.
+
+    ``gate_weights`` is (batch, tasks, experts): the layer's gate weights, or for a layer returning
+    a dict of them, the entry ``gate_key`` (the task gates that feed the towers).
+    """
     result = layer(features, gate_inputs=gate_features) if gate_features is not None else layer(features)
     task_outputs, gate_weights = result if return_gate_weights else (result, None)
-    outputs = build_towers(dict(zip(tasks, task_outputs)), tasks, tower_units, tower_activation, kernel_regularizer,
-                           tower_dropout, output_scaling)
+    outputs = build_towers(dict(zip(tasks, task_outputs)), tasks, **towers)
     if return_gate_weights:
+        gate_weights = gate_weights if gate_key is None else gate_weights[gate_key]
         outputs["gate_weights"] = keras.layers.Activation("linear", dtype="float32", name="gate_weights")(gate_weights)
     return keras.Model(inputs, outputs, name=name)
 
@@ -189,6 +203,96 @@ def build_omoe(inputs, tasks, **kwargs):
 build_omoe.__signature__ = inspect.signature(build_mmoe).replace(parameters=[
     p.replace(default="omoe") if name == "name" else p
     for name, p in inspect.signature(build_mmoe).parameters.items() if name != "shared_gate"])
+
+
+_CGC = object()  # build_ple's num_levels when build_cgc calls it: one level, as a CGCLayer
+
+
+def build_ple(
+    inputs,
+    tasks,
+    *,
+    features=None,
+    gate_features=None,
+    num_levels: int = 2,
+    num_shared_experts: int = 4,
+    num_task_experts: int = 2,
+    expert_units=16,
+    tower_units=(8,),
+    expert_dropout_rate: float = 0.0,
+    gate_temperature: float = 1.0,
+    gate_hidden_units=(),
+    gate_use_bias: bool = True,
+    expert_activation="relu",
+    tower_activation="relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer=None,
+    return_gate_weights: bool = False,
+    seed=None,
+    output_scaling=None,
+    name: str = "ple",
+):
+    """PLE (Tang et al., RecSys 2020): a :class:`keras_mmoe.PLELayer` named ``ple``, then one tower per task.
+
+    Each of the ``num_levels`` CGC levels gives task ``k``'s gate its ``num_task_experts`` own
+    experts and the ``num_shared_experts`` shared ones; the defaults (4 shared, 2 per task, 16
+    units) give two tasks the 8 experts of :func:`build_mmoe`'s defaults at every level.
+
+    Args:
+        inputs: int d, a keras.Input, or a dict of named keras.Input (the model's inputs).
+        tasks: ``{name: "binary" | "regression"}`` or a list of names (binary).
+        features: dense (batch, d) tensor computed from ``inputs`` (default: the inputs).
+        gate_features: optional different input read by every gate.
+        num_levels: number of extraction levels (``build_cgc`` is one level, as a CGCLayer).
+        return_gate_weights: add an output ``gate_weights`` (batch, tasks, num_task_experts +
+            num_shared_experts): the last level's task gates, which feed the towers, own experts
+            first (every gate of every level: ``model.get_layer("ple").gate_weights(...)``).
+        output_scaling: ``{regression task: (scale, offset)}``: outputs in the label's units
+            from a tower trained on the standardized label (see :func:`build_towers`).
+        Other arguments: see :class:`keras_mmoe.PLELayer` and :func:`build_towers`.
+    """
+    inputs, tasks, features = _resolve(inputs, tasks, features)
+    layer_kwargs = dict(
+        num_shared_experts=num_shared_experts,
+        num_task_experts=num_task_experts,
+        expert_units=expert_units,
+        task_names=list(tasks),
+        expert_activation=expert_activation,
+        expert_dropout_rate=expert_dropout_rate,
+        gate_temperature=gate_temperature,
+        gate_hidden_units=gate_hidden_units,
+        gate_use_bias=gate_use_bias,
+        kernel_regularizer=kernel_regularizer,
+        return_gate_weights=return_gate_weights,
+        seed=seed,
+    )
+    if num_levels is _CGC:
+        layer, task_gates = CGCLayer(name="cgc", **layer_kwargs), TASK_GATES
+    else:
+        layer = PLELayer(num_levels=num_levels, name="ple", **layer_kwargs)
+        task_gates = f"level_{layer.num_levels - 1}_{TASK_GATES}"
+    towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
+                  dropout=tower_dropout, output_scaling=output_scaling)
+    return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, task_gates)
+
+
+def build_cgc(inputs, tasks, **kwargs):
+    """CGC (Tang et al., RecSys 2020): a :class:`keras_mmoe.CGCLayer` named ``cgc``, then one tower per task.
+
+    The arguments of :func:`build_ple` but ``num_levels``; ``gate_weights`` (with
+    ``return_gate_weights=True``) is the CGC's task gates.
+    """
+    if "num_levels" in kwargs:
+        raise ValueError(
+            f"build_cgc builds one level; use build_ple for `num_levels`, received: num_levels={kwargs['num_levels']!r}"
+        )
+    kwargs.setdefault("name", "cgc")
+    return build_ple(inputs, tasks, num_levels=_CGC, **kwargs)
+
+
+build_cgc.__signature__ = inspect.signature(build_ple).replace(parameters=[
+    p.replace(default="cgc") if name == "name" else p
+    for name, p in inspect.signature(build_ple).parameters.items() if name != "num_levels"])
 
 
 def build_shared_bottom(

@@ -1,6 +1,6 @@
 """The MMoE paper's published numbers (Ma et al., KDD 2018), as data for the reproduce tables.
 
-Census-income, Table 2 / Table 3 of the paper as transcribed in ``shared/docs/paper-facts.md``:
+Census-income, Table 2 / Table 3 of the paper (the marital column is the mean over runs):
 per method, the main task's AUC (best run and mean over runs) and the auxiliary task's
 (marital status) AUC. Group 1: income + never married; group 2: education + never married.
 """

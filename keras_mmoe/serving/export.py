@@ -15,7 +15,7 @@ Why it is built this way:
 * ``overwrite=True`` replaces a version as a whole: the new export is completed first, then the
   old directory is renamed away, the new one renamed in, the old one deleted. Between those two
   renames (microseconds) the version is absent; POSIX has no atomic directory swap.
-* The platform forces one step to differ per Keras flavour (design.md): under Keras 3,
+* The platform forces one step to differ per Keras flavour (measured on TF 2.21): under Keras 3,
   ``tf.saved_model.save`` of a module holding the model writes variables that the TF1 session
   loader (TF Serving's path) cannot find, so Keras 3 goes through ``keras.export.ExportArchive``,
   which tracks the underlying ``tf.Variable`` objects; under tf-keras a ``tf.Module`` holding the

@@ -7,7 +7,8 @@ checks that each one is a registered TensorFlow op and none is a Python callback
 ``EagerPyFunc``, ``PyFuncStateless``), which ``tensorflow_model_server`` cannot run because it
 has no Python. :func:`format_report` renders both for ``keras-mmoe inspect``.
 
-Why: the real ``tensorflow_model_server`` cannot be run on every machine (design.md); these
+Why: the real ``tensorflow_model_server`` is not installable everywhere (no PyPI package; Docker
+needs an engine), so it cannot run in every test environment; these
 static checks catch the usual reasons a SavedModel loads in Python but not in TF Serving.
 "Registered" means registered in the TensorFlow this process runs; an op from an extra
 library (e.g. tensorflow-text) would pass here once that library is imported, and would need
