@@ -210,8 +210,8 @@ def train(
         raise FileExistsError(f"{keras_path} already exists; choose another name or overwrite it")
     check_model_section(spec)
 
-    log(f"reading the train files: {', '.join(resolve_source(spec, 'train').files[:3])}"
-        + (", ..." if len(resolve_source(spec, 'train').files) > 3 else ""))
+    train_files = resolve_source(spec, "train").files
+    log(f"reading the train files: {', '.join(train_files[:3])}" + (", ..." if len(train_files) > 3 else ""))
     statistics = compute_statistics(spec)
     for line in describe(spec, statistics):
         log(line)

@@ -101,12 +101,13 @@ def test_defaults():
 
 
 def test_toml_round_trip():
-    spec = load_spec(SPEC)
     import tomllib
 
-    again = parse_spec(tomllib.loads(spec_to_toml(spec)))
-    assert again.to_dict() == spec.to_dict()
-    assert again.features == spec.features and again.tasks == spec.tasks
+    for tables in (SPEC, tomllib.loads(TOML)):
+        spec = load_spec(tables)
+        again = parse_spec(tomllib.loads(spec_to_toml(spec)))
+        assert again.to_dict() == spec.to_dict()
+        assert again.data == spec.data and again.features == spec.features and again.tasks == spec.tasks
 
 
 def _with(change):

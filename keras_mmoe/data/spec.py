@@ -159,8 +159,11 @@ class Spec:
 
     def to_dict(self) -> dict:
         """The spec as the plain tables of the file format (defaults left out)."""
+        data = _non_defaults(self.data, DataSpec(train=[])) | {"train": list(self.data.train)}
+        if self.data.validation:
+            data.pop("validation_fraction", None)  # implied (0) by the validation files
         return {
-            "data": _non_defaults(self.data, DataSpec(train=[])) | {"train": list(self.data.train)},
+            "data": data,
             "features": [_non_defaults(f, FeatureSpec(f.name, f.type)) | {"name": f.name, "type": f.type}
                          for f in self.features],
             "tasks": [_non_defaults(t, TaskSpec(t.name, t.label, t.type)) | {"name": t.name, "label": t.label,
