@@ -1,9 +1,10 @@
 """Metrics of multi-task predictions in NumPy, independent of Keras (usable on SavedModel outputs).
 
-``roc_auc`` (rank formula, ties averaged), ``binary_crossentropy`` and ``task_metrics`` (the
-per-task metrics that ``keras-mmoe train``, ``evaluate`` and the studies report, optionally beside
-the constant prediction learned from the training labels). The tests check them against pairwise
-references and against Keras's own metrics.
+``roc_auc`` (rank formula, ties averaged), ``binary_crossentropy``, ``rmse``, ``calibration``
+(mean prediction / mean label), ``group_auc`` (GAUC: per-group AUC weighted by group size) and
+``task_metrics`` (the per-task metrics that ``keras-mmoe train``, ``evaluate`` and the studies
+report, optionally beside the constant prediction learned from the training labels). The tests
+check them against pairwise references and against Keras's own metrics.
 """
 
 from __future__ import annotations
@@ -77,3 +78,62 @@ def describe(kind: str, metrics: dict) -> str:
         text += (f" (predicting the training mean: mse {metrics['baseline_mse']:.4f}; "
                  f"variance explained {100 * metrics['variance_explained']:.1f}%)")
     return text
+
+
+def rmse(labels: ArrayLike, predictions: ArrayLike) -> float:
+    """Root mean squared error, in the labels' units."""
+    y = np.asarray(labels, np.float64).ravel()
+    p = np.asarray(predictions, np.float64).ravel()
+    return float(np.sqrt(np.mean((y - p) ** 2)))
+
+
+def calibration(labels: ArrayLike, predictions: ArrayLike) -> float:
+    """Mean prediction / mean label: 1.0 when the predicted rate matches the observed one (NaN if no positive)."""
+    mean_label = float(np.mean(np.asarray(labels, np.float64)))
+    mean_prediction = float(np.mean(np.asarray(predictions, np.float64)))
+    return mean_prediction / mean_label if mean_label != 0 else float("nan")
+
+
+def group_auc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> tuple[float, int, int]:
+    """GAUC: the AUC of each group (a user, a query), averaged with weights equal to the group sizes.
+
+        GAUC = sum_g n_g AUC_g / sum_g n_g      over the groups g holding both classes
+
+    Groups holding one class only have no AUC and are skipped (and counted). Ties within a group
+    get average ranks, as in :func:`roc_auc`.
+
+    Returns:
+        ``(gauc, groups_used, groups_skipped)``; gauc is NaN when no group holds both classes.
+    """
+    labels = np.asarray(labels, np.float64).ravel() > 0.5
+    scores = np.asarray(scores, np.float64).ravel()
+    groups = np.asarray(groups).ravel()
+    if not (len(labels) == len(scores) == len(groups)):
+        raise ValueError(f"labels, scores and groups must have the same length, received "
+                         f"{len(labels)}, {len(scores)} and {len(groups)}")
+    if len(labels) == 0:
+        return float("nan"), 0, 0
+    _, group_ids = np.unique(groups, return_inverse=True)
+    order = np.lexsort((scores, group_ids))  # by group, then by score
+    g, s, y = group_ids[order], scores[order], labels[order]
+    # Runs of equal (group, score) share their average rank within the group.
+    new_run = np.ones(len(s), bool)
+    new_run[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
+    run_id = np.cumsum(new_run) - 1
+    run_start = np.flatnonzero(new_run)
+    run_length = np.diff(np.append(run_start, len(s)))
+    group_start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    group_start_of_row = group_start[np.cumsum(np.r_[True, g[1:] != g[:-1]]) - 1]
+    # 1-based rank within the group, averaged over ties.
+    rank = (run_start - group_start_of_row[run_start])[run_id] + (run_length[run_id] + 1) / 2.0
+    num_groups = len(group_start)
+    positives = np.bincount(g, weights=y, minlength=num_groups)
+    sizes = np.bincount(g, minlength=num_groups).astype(np.float64)
+    negatives = sizes - positives
+    rank_sum = np.bincount(g, weights=np.where(y, rank, 0.0), minlength=num_groups)
+    used = (positives > 0) & (negatives > 0)
+    if not used.any():
+        return float("nan"), 0, int(num_groups)
+    auc = (rank_sum[used] - positives[used] * (positives[used] + 1) / 2.0) / (positives[used] * negatives[used])
+    gauc = float(np.sum(sizes[used] * auc) / np.sum(sizes[used]))
+    return gauc, int(used.sum()), int(num_groups - used.sum())

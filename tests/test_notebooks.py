@@ -25,10 +25,11 @@ def _executor():
     return module
 
 
-def test_the_six_tutorials_exist():
+def test_the_seven_tutorials_exist():
     names = [os.path.basename(p) for p in NOTEBOOKS]
     assert names == ["01_quickstart.ipynb", "02_serving.ipynb", "03_census_income.ipynb",
-                     "04_synthetic_correlation.ipynb", "05_polarization.ipynb", "06_tfrs.ipynb"]
+                     "04_synthetic_correlation.ipynb", "05_polarization.ipynb", "06_tfrs.ipynb",
+                     "07_your_own_data.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

@@ -36,7 +36,7 @@ from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cross_stitch import CrossStitch
 from keras_mmoe.layers.l2_tied_dense import L2TiedDense
 from keras_mmoe.layers.tensor_factorization import TensorFactorizedDense
-from keras_mmoe.models.builders import _resolve, build_towers, functional_model
+from keras_mmoe.models.builders import _resolve, build_towers, check_output_scaling, functional_model
 from keras_mmoe.models.tasks import output_activation
 
 
@@ -53,6 +53,7 @@ def build_l2_constrained(
     activation="relu",
     kernel_regularizer=None,
     seed=None,
+    output_scaling=None,
     name="l2_constrained",
 ):
     """L2-Constrained baseline (Duong et al. 2015, as adapted in the MMoE paper).
@@ -84,10 +85,14 @@ def build_l2_constrained(
                         name=layer_name, **common)(x)
     logits = L2TiedDense(1, seed=None if seed is None else seed + 100 * len(layers), dtype="float32",
                          name="l2_output", **common)(x)
-    outputs = {
-        t: keras.layers.Activation(output_activation(kind) or "linear", dtype="float32", name=t)(logit)
-        for (t, kind), logit in zip(tasks.items(), logits)
-    }
+    scaling = check_output_scaling(output_scaling, tasks)
+    outputs = {}
+    for (t, kind), logit in zip(tasks.items(), logits):
+        if t in scaling:
+            z = keras.layers.Activation("linear", dtype="float32", name=f"{t}_standardized")(logit)
+            outputs[t] = keras.layers.Rescaling(scale=scaling[t][0], offset=scaling[t][1], dtype="float32", name=t)(z)
+        else:
+            outputs[t] = keras.layers.Activation(output_activation(kind) or "linear", dtype="float32", name=t)(logit)
     return functional_model(inputs, outputs, name=name)
 
 
@@ -102,6 +107,7 @@ def build_cross_stitch(
     activation="relu",
     tower_dropout=0.0,
     kernel_regularizer=None,
+    output_scaling=None,
     name="cross_stitch",
 ):
     """Cross-Stitch baseline (Misra et al. 2016): per-task hidden layers stitched after each layer.
@@ -124,7 +130,8 @@ def build_cross_stitch(
             for t, x in zip(tasks, xs)
         ]
         xs = CrossStitch(self_weight=self_weight, name=f"cross_stitch_{i}")(xs)
-    outputs = build_towers(dict(zip(tasks, xs)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(dict(zip(tasks, xs)), tasks, tower_units, activation, kernel_regularizer, tower_dropout,
+                           output_scaling=output_scaling)
     return functional_model(inputs, outputs, name=name)
 
 
@@ -140,6 +147,7 @@ def build_tensor_factorization(
     tower_dropout=0.0,
     kernel_regularizer=None,
     seed=None,
+    output_scaling=None,
     name="tensor_factorization",
 ):
     """Tensor-Factorization baseline (Yang & Hospedales 2017, DMTRL-Tucker).
@@ -157,7 +165,8 @@ def build_tensor_factorization(
             units, num_tasks=len(tasks), ranks=ranks, activation=activation, kernel_regularizer=kernel_regularizer,
             seed=None if seed is None else seed + 100 * i, name=f"tf_hidden_{i}",
         )(x)
-    outputs = build_towers(dict(zip(tasks, x)), tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(dict(zip(tasks, x)), tasks, tower_units, activation, kernel_regularizer, tower_dropout,
+                           output_scaling=output_scaling)
     return functional_model(inputs, outputs, name=name)
 
 

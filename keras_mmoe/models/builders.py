@@ -14,8 +14,10 @@ binary tasks, linear for regression), computed in float32 under mixed precision.
     Single-Task    y_k = h^k( f^k(x) )                       a separate network per task
 """
 
+import inspect
 from typing import Any, Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
@@ -102,17 +104,56 @@ def _mlp(x, units, activation, prefix, kernel_regularizer=None, dropout=0.0, dty
     return x
 
 
+def check_output_scaling(output_scaling, tasks):
+    """``{task: (scale, offset)}`` for regression tasks of ``tasks``, floats; ``{}`` for None."""
+    if output_scaling is None:
+        return {}
+    if not isinstance(output_scaling, dict):
+        raise ValueError(f"`output_scaling` must be a dict {{task: (scale, offset)}}, received: {output_scaling!r}")
+    checked = {}
+    for name, pair in output_scaling.items():
+        if tasks.get(name) != "regression":
+            raise ValueError(f"`output_scaling` applies to regression tasks; {name!r} is "
+                             f"{'a ' + tasks[name] + ' task' if name in tasks else 'not a task'} (tasks: {dict(tasks)})")
+        try:
+            scale, offset = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"`output_scaling[{name!r}]` must be a pair (scale, offset), received: {pair!r}") from None
+        if not (np.isfinite(scale) and np.isfinite(offset) and scale != 0):
+            raise ValueError(f"`output_scaling[{name!r}]` must be finite with a non-zero scale, received: {pair!r}")
+        checked[name] = (scale, offset)
+    return checked
+
+
+def task_output(x, name, kind, output_scaling=None):
+    """The output unit of task ``name``: Dense(1) with the task's activation, named ``name``, float32.
+
+    With ``output_scaling[name] = (scale, offset)`` (regression), the Dense unit ``<name>_standardized``
+    predicts the standardized label and a ``Rescaling`` layer named ``name`` returns
+    ``scale * z + offset``, the label's own units.
+    """
+    scaling = (output_scaling or {}).get(name)
+    if scaling is None:
+        return keras.layers.Dense(1, activation=output_activation(kind), dtype="float32", name=name)(x)
+    z = keras.layers.Dense(1, dtype="float32", name=f"{name}_standardized")(x)
+    return keras.layers.Rescaling(scale=scaling[0], offset=scaling[1], dtype="float32", name=name)(z)
+
+
 def build_towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0,
-                 dtype=None):
+                 dtype=None, output_scaling=None):
     """One tower per task on its input tensor; returns ``{task: output}``.
 
     The hidden layers compute under ``dtype`` (a Keras dtype policy name such as
     ``"mixed_bfloat16"``; None: the global policy); the output layer always in float32.
+
+    ``output_scaling``: optional ``{regression task: (scale, offset)}``; that task's tower predicts
+    the standardized label ``z`` and its output is ``scale * z + offset`` (see :func:`task_output`).
     """
+    scaling = check_output_scaling(output_scaling, tasks)
     outputs = {}
     for name, kind in tasks.items():
         h = _mlp(task_inputs[name], tower_units, activation, f"{name}_tower", kernel_regularizer, dropout, dtype)
-        outputs[name] = keras.layers.Dense(1, activation=output_activation(kind), dtype="float32", name=name)(h)
+        outputs[name] = task_output(h, name, kind, scaling)
     return outputs
 
 
@@ -144,6 +185,7 @@ def build_mmoe(
     gate_use_bias=None,
     seed=None,
     dtype=None,
+    output_scaling=None,
     name="mmoe",
 ):
     """MMoE (or OMoE with ``shared_gate=True``): MMoELayer, then one tower per task.
@@ -158,6 +200,8 @@ def build_mmoe(
             ``"mixed_bfloat16"`` (compute in bfloat16, variables in float32); None uses the
             global policy. The outputs (and so the losses) stay float32, and so do the layers
             that compute ``features``. XLA is a ``model.compile(jit_compile=True)`` setting.
+        output_scaling: ``{regression task: (scale, offset)}``: outputs in the label's units
+            from a tower trained on the standardized label (see :func:`build_towers`).
         Other arguments: see :class:`keras_mmoe.MMoELayer` and :func:`build_towers`.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
@@ -178,7 +222,7 @@ def build_mmoe(
         name="omoe" if shared_gate else "mmoe",
     )
     towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
-                  dropout=tower_dropout, dtype=dtype)
+                  dropout=tower_dropout, dtype=dtype, output_scaling=output_scaling)
     return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name)
 
 
@@ -201,6 +245,12 @@ def build_omoe(inputs, tasks, **kwargs):
     """One-gate Mixture-of-Experts: :func:`build_mmoe` with one gate shared by all tasks."""
     kwargs.setdefault("name", "omoe")
     return build_mmoe(inputs, tasks, shared_gate=True, **kwargs)
+
+
+# build_omoe takes build_mmoe's arguments but `shared_gate`: say so to inspect.signature (specs check keys by it).
+build_omoe.__signature__ = inspect.signature(build_mmoe).replace(parameters=[
+    p.replace(default="omoe") if name == "name" else p
+    for name, p in inspect.signature(build_mmoe).parameters.items() if name != "shared_gate"])
 
 
 _CGC = object()  # build_ple's num_levels when build_cgc calls it: one level, as a CGCLayer
@@ -227,6 +277,7 @@ def build_ple(
     kernel_regularizer=None,
     return_gate_weights: bool = False,
     seed=None,
+    output_scaling=None,
     name: str = "ple",
 ):
     """PLE (Tang et al., RecSys 2020): a :class:`keras_mmoe.PLELayer` named ``ple``, then one tower per task.
@@ -244,6 +295,8 @@ def build_ple(
         return_gate_weights: add an output ``gate_weights`` (batch, tasks, num_task_experts +
             num_shared_experts): the last level's task gates, which feed the towers, own experts
             first (every gate of every level: ``model.get_layer("ple").gate_weights(...)``).
+        output_scaling: ``{regression task: (scale, offset)}``: outputs in the label's units
+            from a tower trained on the standardized label (see :func:`build_towers`).
         Other arguments: see :class:`keras_mmoe.PLELayer` and :func:`build_towers`.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
@@ -267,7 +320,7 @@ def build_ple(
         layer = PLELayer(num_levels=num_levels, name="ple", **layer_kwargs)
         task_gates = f"level_{layer.num_levels - 1}_{TASK_GATES}"
     towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
-                  dropout=tower_dropout)
+                  dropout=tower_dropout, output_scaling=output_scaling)
     return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, task_gates)
 
 
@@ -285,6 +338,11 @@ def build_cgc(inputs, tasks, **kwargs):
     return build_ple(inputs, tasks, num_levels=_CGC, **kwargs)
 
 
+build_cgc.__signature__ = inspect.signature(build_ple).replace(parameters=[
+    p.replace(default="cgc") if name == "name" else p
+    for name, p in inspect.signature(build_ple).parameters.items() if name != "num_levels"])
+
+
 def build_shared_bottom(
     inputs,
     tasks,
@@ -295,12 +353,14 @@ def build_shared_bottom(
     activation="relu",
     tower_dropout=0.0,
     kernel_regularizer=None,
+    output_scaling=None,
     name="shared_bottom",
 ):
     """Shared-Bottom: one MLP bottom shared by all tasks, then one tower per task."""
     inputs, tasks, features = _resolve(inputs, tasks, features)
     bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer)
-    outputs = build_towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout,
+                           output_scaling=output_scaling)
     return functional_model(inputs, outputs, name=name)
 
 
@@ -314,6 +374,7 @@ def build_single_task(
     activation="relu",
     tower_dropout=0.0,
     kernel_regularizer=None,
+    output_scaling=None,
     name="single_task",
 ):
     """Single-Task baseline: an independent network per task, sharing nothing but the inputs.
@@ -324,5 +385,6 @@ def build_single_task(
     inputs, tasks, features = _resolve(inputs, tasks, features)
     units = _utils.check_units("hidden_units", hidden_units)
     hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer) for t in tasks}
-    outputs = build_towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout)
+    outputs = build_towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout,
+                           output_scaling=output_scaling)
     return functional_model(inputs, outputs, name=name)

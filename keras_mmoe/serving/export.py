@@ -144,6 +144,7 @@ def export_for_serving(
     example_defaults: Union[None, str, Mapping[str, Any]] = None,
     allow_non_finite: Sequence[str] = (),
     metadata: Optional[Dict[str, Any]] = None,
+    example_separators: Optional[Mapping[str, str]] = None,
 ) -> str:
     """Exports ``model`` to ``base_dir/<version>/`` for TensorFlow Serving; returns that directory.
 
@@ -187,6 +188,9 @@ def export_for_serving(
             float input is checked in the graph (``tf.debugging.check_numerics``) and a request
             with NaN or inf in it fails with ``InvalidArgumentError`` naming the input, instead of
             returning a finite prediction computed from it. List the inputs a model imputes itself.
+        example_separators: ``{name: separator}`` of string inputs holding a joined list of tokens;
+            in ``predict_examples`` such a feature is a ``bytes_list`` of any length (absent = no
+            token), joined with the separator before the model splits it again.
 
     Returns:
         The version directory, ``base_dir/<version>``.
@@ -211,7 +215,7 @@ def export_for_serving(
     if metadata is not None:
         _saving.check_metadata(metadata)
     functions = ServingFunctions(model, include_gate_weights=include_gate_weights, example_defaults=example_defaults,
-                                 allow_non_finite=allow_non_finite)
+                                 allow_non_finite=allow_non_finite, example_separators=example_separators)
     if examples_signature:
         functions.feature_spec  # noqa: B018 (raises for inputs that cannot be Example features)
     warmup_batches = None

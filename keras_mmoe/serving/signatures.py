@@ -5,7 +5,8 @@ What: from a Functional model this module derives
 * the raw input signature: one ``tf.TensorSpec`` per input (batch dimension ``None``), named by
   the dict key for dict inputs and by the ``keras.Input``'s name for a single input or a list;
 * the ``tf.train.Example`` feature spec of the ``predict_examples`` signature (one
-  ``FixedLenFeature`` per input: float, int64 or string, fixed length);
+  ``FixedLenFeature`` per input: float, int64 or string, fixed length; or, for a string input
+  holding a joined list, a ``bytes_list`` of any length joined with its separator);
 * the output names: the dict keys for dict outputs; for a single output or a list, the name of
   the layer that produced each output (the task's Dense layer), or the task name of a layer with
   ``task_names`` that produced several (an MMoELayer used as the model's output);
@@ -29,7 +30,7 @@ the shared ones).
 """
 
 import re
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -144,10 +145,30 @@ def input_specs(model: "keras.Model") -> Dict[str, tf.TensorSpec]:
     return specs
 
 
+def _check_separators(separators, specs):
+    """``{name: separator}`` of string inputs of shape (batch, 1) that hold a joined list."""
+    if separators is None:
+        return {}
+    if not isinstance(separators, dict):
+        raise ValueError(f"`example_separators` must be None or a dict {{name: separator}}, received: {separators!r}")
+    for name, separator in separators.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ValueError(f"`example_separators` names the feature {name!r} the model does not have; "
+                             f"the model's inputs are {sorted(specs)}")
+        if spec.dtype != tf.string or tuple(spec.shape[1:]) != (1,):
+            raise ValueError(f"`example_separators` needs string inputs of shape (batch, 1); input {name!r} has "
+                             f"dtype {spec.dtype.name} and shape {tuple(spec.shape)}")
+        if not isinstance(separator, str):
+            raise ValueError(f"`example_separators[{name!r}]` must be a string, received: {separator!r}")
+    return dict(separators)
+
+
 def example_feature_spec(
     model_or_specs: Union["keras.Model", Mapping[str, tf.TensorSpec]],
     defaults: Union[None, str, Mapping[str, Any]] = None,
-) -> Dict[str, tf.io.FixedLenFeature]:
+    separators: Optional[Mapping[str, str]] = None,
+) -> Dict[str, Union[tf.io.FixedLenFeature, tf.io.VarLenFeature]]:
     """The ``tf.io.parse_example`` spec of the ``predict_examples`` signature.
 
     Each input becomes a ``tf.io.FixedLenFeature`` with the input's shape without the batch
@@ -164,6 +185,10 @@ def example_feature_spec(
             (numbers) or ``""`` (strings, which a ``StringLookup`` maps to its OOV index). A dict
             ``{name: value}``: those features are optional with that default (a scalar fills the
             whole feature); the others stay required.
+        separators: optional ``{name: separator}`` of string inputs of shape (batch, 1) that hold
+            a list of tokens joined by ``separator``: in an Example such a feature is a
+            ``bytes_list`` of any length (``tf.io.VarLenFeature``; absent = no token), which
+            :meth:`ServingFunctions.parse` joins with the separator.
     """
     specs = input_specs(model_or_specs) if isinstance(model_or_specs, keras.Model) else dict(model_or_specs)
     if defaults is None:
@@ -181,8 +206,12 @@ def example_feature_spec(
             )
     else:
         raise ValueError(f"`example_defaults` must be None, 'zeros' or a dict, received: {defaults!r}")
+    separators = _check_separators(separators, specs)
     feature_spec = {}
     for name, spec in specs.items():
+        if name in separators:
+            feature_spec[name] = tf.io.VarLenFeature(tf.string)
+            continue
         shape = tuple(spec.shape[1:])
         if any(d is None for d in shape):
             raise ValueError(
@@ -316,6 +345,7 @@ class ServingFunctions:
         include_gate_weights: bool = False,
         example_defaults: Union[None, str, Mapping[str, Any]] = None,
         allow_non_finite: Sequence[str] = (),
+        example_separators: Optional[Mapping[str, str]] = None,
     ):
         self.model = model
         self.input_kind, entries = _named_inputs(model)
@@ -334,6 +364,7 @@ class ServingFunctions:
                 )
         self.checked_inputs = self._finite_checks(allow_non_finite)
         self.example_defaults = example_defaults
+        self.example_separators = _check_separators(example_separators, self.input_specs)
         self._feature_spec = None
 
     def _finite_checks(self, allow_non_finite):
@@ -361,7 +392,7 @@ class ServingFunctions:
     @property
     def feature_spec(self) -> Dict[str, tf.io.FixedLenFeature]:
         if self._feature_spec is None:
-            self._feature_spec = example_feature_spec(self.input_specs, self.example_defaults)
+            self._feature_spec = example_feature_spec(self.input_specs, self.example_defaults, self.example_separators)
         return self._feature_spec
 
     def output_names(self) -> List[str]:
@@ -405,6 +436,9 @@ class ServingFunctions:
     def parse(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Parses a 1-D batch of serialized examples into the model's raw inputs."""
         parsed = tf.io.parse_example(examples, self.feature_spec)
+        for name, separator in self.example_separators.items():
+            tokens = tf.RaggedTensor.from_sparse(parsed[name])
+            parsed[name] = tf.strings.reduce_join(tokens, axis=1, separator=separator, keepdims=True)
         return {
             name: parsed[name] if parsed[name].dtype == spec.dtype else tf.cast(parsed[name], spec.dtype)
             for name, spec in self.input_specs.items()

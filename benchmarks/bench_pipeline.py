@@ -1,0 +1,302 @@
+"""The spec pipeline on a ranking-like table: throughput, training feed, peak memory.
+
+    python benchmarks/bench_pipeline.py write --rows 200000 --shards 8 --out /tmp/rank200k
+    python benchmarks/bench_pipeline.py pipeline --data /tmp/rank200k          # (a) rows/s, CSV and TFRecord
+    python benchmarks/bench_pipeline.py fit --data /tmp/rank200k               # (b) epoch: pipeline vs in-memory
+    python benchmarks/bench_pipeline.py write --rows 5000000 --shards 20 --out /tmp/rank5m --formats csv
+    python benchmarks/bench_pipeline.py rss --spec /tmp/rank1m/spec-csv.toml --spec /tmp/rank5m/spec-csv.toml  # (c)
+
+The table: 10 numeric columns (3 with 5% empty cells), 20 categorical columns with cardinalities
+10 ... 100,000 (geometric; skewed draws; 2% empty), 1 multi-valued column (0-5 tokens of 1,000,
+joined by ``|``), a click label (0/1) and a watch-time label (seconds). Written as CSV.gz and
+TFRecord.gz (tf.train.Example) shards with a spec for each. Timed runs alternate the candidate
+and its baseline in one process and report the median.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import warnings
+
+import numpy as np
+
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+
+NUMERIC = 10
+CATEGORICAL = 20
+CARDINALITIES = np.geomspace(10, 100_000, CATEGORICAL).round().astype(int)
+TOKENS = 1000
+
+
+def _columns():
+    return ([f"n{i}" for i in range(NUMERIC)] + [f"c{j}" for j in range(CATEGORICAL)]
+            + ["tags", "clicked", "watch_seconds"])
+
+
+def make_chunk(n, seed):
+    """One chunk of the table: {column: list of cell strings} (empty = missing) and the token lists."""
+    rng = np.random.default_rng(seed)
+    cells, values = {}, {}
+    for i in range(NUMERIC):
+        x = rng.normal(i, 1 + i, n) if i % 2 else rng.lognormal(2, 0.7, n)
+        values[f"n{i}"] = x
+        text = [f"{v:.4g}" for v in x]
+        if i < 3:
+            for k in np.flatnonzero(rng.random(n) < 0.05):
+                text[k] = ""
+        cells[f"n{i}"] = text
+    for j, card in enumerate(CARDINALITIES):
+        ids = np.minimum((card * rng.random(n) ** 2).astype(int), card - 1)  # skewed: small ids frequent
+        values[f"c{j}"] = ids
+        text = [f"v{v}" for v in ids]
+        for k in np.flatnonzero(rng.random(n) < 0.02):
+            text[k] = ""
+        cells[f"c{j}"] = text
+    counts = rng.integers(0, 6, n)
+    tags = [[f"t{t}" for t in rng.integers(0, TOKENS, c)] for c in counts]
+    cells["tags"] = ["|".join(t) for t in tags]
+    logit = 0.3 * values["n1"] - 0.2 * values["n3"] / 4 + (values["c0"] < 3) * 0.8 - 1.0
+    clicked = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    watch = np.maximum(0, 200 + 30 * values["n5"] / 6 + 50 * (values["c2"] % 5) + rng.normal(0, 40, n))
+    cells["clicked"] = [str(c) for c in clicked]
+    cells["watch_seconds"] = [f"{w:.1f}" for w in watch]
+    return cells, tags
+
+
+def _write_csv(path, cells):
+    columns = _columns()
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=4) as f:
+        f.write(",".join(columns) + "\n")
+        f.write("\n".join(map(",".join, zip(*(cells[c] for c in columns)))) + "\n")
+
+
+def _write_tfrecord(path, cells, tags):
+    import tensorflow as tf
+
+    n = len(cells["clicked"])
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for r in range(n):
+            feature = {}
+            for i in range(NUMERIC):
+                v = cells[f"n{i}"][r]
+                if v:
+                    feature[f"n{i}"] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
+            for j in range(CATEGORICAL):
+                v = cells[f"c{j}"][r]
+                if v:
+                    feature[f"c{j}"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
+            feature["tags"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode() for t in tags[r]]))
+            feature["clicked"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(cells["clicked"][r])]))
+            feature["watch_seconds"] = tf.train.Feature(
+                float_list=tf.train.FloatList(value=[float(cells["watch_seconds"][r])]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def spec_tables(pattern, epochs=1):
+    features = [{"name": f"n{i}", "type": "numeric", "normalize": True, **(
+        {"default": 0.0, "missing_indicator": True} if i < 3 else {})} for i in range(NUMERIC)]
+    features += [{"name": f"c{j}", "type": "categorical", "max_tokens": 100_000, "embedding_dim": 8}
+                 for j in range(CATEGORICAL)]
+    features.append({"name": "tags", "type": "multi_categorical", "embedding_dim": 8})
+    return {
+        "data": {"train": [pattern], "validation_fraction": 0.05},
+        "features": features,
+        "tasks": [{"name": "click", "label": "clicked", "type": "binary"},
+                  {"name": "watch", "label": "watch_seconds", "type": "regression", "normalize_label": True}],
+        "model": {"architecture": "mmoe", "num_experts": 8, "expert_units": [64, 32], "tower_units": [16]},
+        "train": {"epochs": epochs, "batch_size": 1024, "learning_rate": 0.001},
+    }
+
+
+def write(args):
+    from keras_mmoe.data import spec_to_toml
+
+    formats = args.formats.split(",")
+    for fmt in formats:
+        os.makedirs(os.path.join(args.out, fmt), exist_ok=True)
+    per_shard = -(-args.rows // args.shards)
+    start = time.perf_counter()
+    for s in range(args.shards):
+        n = min(per_shard, args.rows - s * per_shard)
+        cells, tags = make_chunk(n, seed=1000 + s)
+        if "csv" in formats:
+            _write_csv(os.path.join(args.out, "csv", f"part-{s:03d}.csv.gz"), cells)
+        if "tfrecord" in formats:
+            _write_tfrecord(os.path.join(args.out, "tfrecord", f"part-{s:03d}.tfrecord.gz"), cells, tags)
+        print(f"shard {s + 1}/{args.shards}: {n} rows ({time.perf_counter() - start:.0f} s)", flush=True)
+    for fmt in formats:
+        pattern = f"{fmt}/part-*.{'csv' if fmt == 'csv' else 'tfrecord'}.gz"
+        with open(os.path.join(args.out, f"spec-{fmt}.toml"), "w") as f:
+            f.write(spec_to_toml(spec_tables(pattern)))
+    print(f"wrote {args.rows} rows in {args.shards} shards per format to {args.out}")
+
+
+def _machine():
+    import platform
+
+    import tensorflow as tf
+
+    from keras_mmoe import KERAS_FLAVOR
+
+    load = os.getloadavg()
+    return (f"{platform.machine()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}, {KERAS_FLAVOR}; "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def pipeline(args):
+    """(a) rows/s of make_dataset alone (parse + checks + shuffle + batch), CSV and TFRecord alternating."""
+    from keras_mmoe.data import load_spec, make_dataset
+
+    specs = {fmt: load_spec(os.path.join(args.data, f"spec-{fmt}.toml")) for fmt in ("csv", "tfrecord")}
+    times = {fmt: [] for fmt in specs}
+    cpu = {fmt: [] for fmt in specs}
+    rows = {}
+    print(_machine())
+    for repeat in range(args.repeats):
+        for fmt, spec in specs.items():
+            dataset = make_dataset(spec, "train")
+            start, start_cpu = time.perf_counter(), time.process_time()
+            count = 0
+            for features, _ in dataset:
+                count += int(features["n0"].shape[0])
+            times[fmt].append(time.perf_counter() - start)
+            cpu[fmt].append(time.process_time() - start_cpu)
+            rows[fmt] = count
+            print(f"  repeat {repeat + 1} {fmt}: {count} rows in {times[fmt][-1]:.2f} s, "
+                  f"{cpu[fmt][-1]:.2f} CPU s", flush=True)
+    result = {fmt: {"rows": rows[fmt], "median_s": statistics.median(t), "min_s": min(t),
+                    "rows_per_s_median": rows[fmt] / statistics.median(t), "rows_per_s_best": rows[fmt] / min(t),
+                    "cpu_us_per_row": 1e6 * statistics.median(cpu[fmt]) / rows[fmt]}
+              for fmt, t in times.items()}
+    print(json.dumps(result, indent=1))
+
+
+def fit(args):
+    """(b) one training epoch fed by the pipeline vs by in-memory tensors (same rows, model, batch size).
+
+    The in-memory feed holds the pipeline's rows as whole batches (the last partial batch dropped), so
+    each step takes one slice: no parsing, no per-row work. The ratio compares time per row."""
+    import tensorflow as tf
+
+    from keras_mmoe import workflow
+    from keras_mmoe._keras import keras
+    from keras_mmoe.data import compute_statistics, load_spec, make_dataset
+
+    spec = load_spec(os.path.join(args.data, f"spec-{args.format}.toml"))
+    print(_machine())
+    stats = compute_statistics(spec)
+    keras.utils.set_random_seed(0)
+    model = workflow.compile_model(workflow.build_model(spec, stats), spec, stats)
+    # The in-memory copy: every batch the pipeline yields, concatenated, then sliced again.
+    features, labels = {}, {}
+    for f, l in make_dataset(spec, "train", shuffle=False):
+        for k, v in f.items():
+            features.setdefault(k, []).append(v)
+        for k, v in l.items():
+            labels.setdefault(k, []).append(v)
+    rows = sum(int(v.shape[0]) for v in labels["click"])
+    batch = spec.train.batch_size
+    full = rows // batch  # whole batches only: one element per training step, no per-row work
+
+    def stack(parts):
+        return tf.reshape(tf.concat(parts, 0)[: full * batch], [full, batch, 1])
+
+    features = {k: stack(v) for k, v in features.items()}
+    labels = {k: stack(v) for k, v in labels.items()}
+
+    def in_memory():
+        return tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(full).prefetch(tf.data.AUTOTUNE)
+
+    feeds = {"pipeline": lambda: make_dataset(spec, "train"), "in_memory": in_memory}
+    model.fit(in_memory().take(5), epochs=1, verbose=0)  # trace the train step once
+    times = {k: [] for k in feeds}
+    cpu = {k: [] for k in feeds}
+    for repeat in range(args.repeats):
+        for name, make in feeds.items():
+            dataset = make()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            model.fit(dataset, epochs=1, verbose=0)
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            print(f"  repeat {repeat + 1} {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s", flush=True)
+    n = {"pipeline": rows, "in_memory": full * batch}
+
+    def ratio(values, reduce):
+        return (reduce(values["pipeline"]) / n["pipeline"]) / (reduce(values["in_memory"]) / n["in_memory"])
+
+    print(json.dumps({"rows": n, "params": model.count_params(),
+                      "median_s": {k: statistics.median(v) for k, v in times.items()},
+                      "min_s": {k: min(v) for k, v in times.items()},
+                      "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+                      "pipeline / in_memory per row: median wall": ratio(times, statistics.median),
+                      "best wall": ratio(times, min), "median CPU": ratio(cpu, statistics.median)}, indent=1))
+
+
+def train_rss(args):
+    """workflow.train on a spec (one epoch) in this process; prints the peak RSS."""
+    import tempfile
+
+    from keras_mmoe import workflow
+    from keras_mmoe.data import load_spec
+
+    spec = load_spec(args.spec)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        result = workflow.train(spec, out_dir=out, name="bench", log=lambda m: print(m, flush=True))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"spec": args.spec, "rows": result.statistics.rows, "seconds": time.perf_counter() - start,
+                      "peak_rss_mib": peak_mib}))
+
+
+def rss(args):
+    """(c) peak RSS of training at each spec's size, each in a fresh process."""
+    print(_machine())
+    results = []
+    for spec in args.spec:
+        proc = subprocess.run([sys.executable, __file__, "train-rss", "--spec", spec], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-3000:])
+        print(proc.stdout.strip().splitlines()[-1], flush=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if len(results) == 2:
+        print(f"peak RSS ratio: {results[1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("write")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.add_argument("--formats", default="csv,tfrecord")
+    p.set_defaults(func=write)
+    p = sub.add_parser("pipeline")
+    p.add_argument("--data", required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=pipeline)
+    p = sub.add_parser("fit")
+    p.add_argument("--data", required=True)
+    p.add_argument("--format", default="csv", choices=("csv", "tfrecord"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=fit)
+    p = sub.add_parser("train-rss")
+    p.add_argument("--spec", required=True)
+    p.set_defaults(func=train_rss)
+    p = sub.add_parser("rss")
+    p.add_argument("--spec", action="append", required=True)
+    p.set_defaults(func=rss)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
