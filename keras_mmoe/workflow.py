@@ -270,10 +270,10 @@ def _predictor(model):
         import keras_mmoe  # noqa: F401  (registers the package's layers)
 
         model = keras.models.load_model(path, compile=False)
-    if not isinstance(model, keras.Model) or not isinstance(model.input, dict):
-        raise ValueError("`model` must be a Keras model with dict inputs (a spec model), a .keras file "
-                         "or an exported SavedModel version directory")
-    names = list(model.input)
+    if not isinstance(model, keras.Model):
+        raise ValueError("`model` must be a Keras model with named inputs (a spec model), a .keras file "
+                         f"or an exported SavedModel version directory, received: {type(model).__name__}")
+    names = [str(t.name).split(":")[0] for t in model.inputs]  # the inputs take features by name
 
     def predict_keras(features):
         out = model({k: features[k] for k in names}, training=False)
