@@ -353,7 +353,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         """``(outputs, gate_weights)`` of the layer (see the class docstring)."""
         task_inputs, shared_input = self._split_inputs(inputs)
         if gate_inputs is not None:
-            self.check_gate_inputs(gate_inputs, shared_input)
+            gate_inputs = self.check_gate_inputs(gate_inputs, shared_input)
             gate_reads = [gate_inputs] * len(self.gates)
         else:
             gate_reads = (task_inputs + [shared_input])[: len(self.gates)]
