@@ -47,7 +47,11 @@ class GateInputsMixin:
         super().build_from_config(config)
 
     def check_gate_inputs(self, gate_inputs, inputs):
-        """Raises unless ``gate_inputs`` is (batch, d_g) with the batch of ``inputs`` (at run time too)."""
+        """``gate_inputs``, checked to be (batch, d_g) with the batch of ``inputs`` (at run time too).
+
+        In a graph the returned tensor depends on the run-time check, so nothing computed from
+        it (gates, mixture) can fail first with a less clear shape error.
+        """
         _utils.check_rank2(self, "gate_inputs", gate_inputs.shape)
         batch, gate_batch = inputs.shape[0], gate_inputs.shape[0]
         if batch is not None and gate_batch is not None and batch != gate_batch:
@@ -55,7 +59,11 @@ class GateInputsMixin:
                 f"{type(self).__name__} '{self.name}': `gate_inputs` batch size {gate_batch} differs from "
                 f"`inputs` batch size {batch}"
             )
-        tf.debugging.assert_equal(
+        check = tf.debugging.assert_equal(
             tf.shape(gate_inputs)[0], tf.shape(inputs)[0],
             message=f"{type(self).__name__} '{self.name}': `gate_inputs` batch size differs from `inputs` batch size",
         )
+        if check is None:  # eager: already checked
+            return gate_inputs
+        with tf.control_dependencies([check]):
+            return tf.identity(gate_inputs)

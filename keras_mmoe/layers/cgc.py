@@ -61,6 +61,18 @@ def split_shape(layer, argument, shape, count):
     return None
 
 
+def mix(weights, banks):
+    """``w S``: gate weights (batch, E_1 + ... + E_n) on the experts of ``banks``, each (batch, E_j, u).
+
+    Each bank's block of weights is applied to that bank's outputs and the n sums added, so
+    that the banks are never concatenated into one (batch, E, u) tensor (a copy, and in the
+    gradient a split, of every expert output for every gate).
+    """
+    sizes = [bank.shape[1] for bank in banks]
+    blocks = tf.split(weights, sizes, axis=1) if len(banks) > 1 else [weights]
+    return tf.add_n([tf.reduce_sum(w[:, :, None] * experts, axis=1) for w, experts in zip(blocks, banks)])
+
+
 @register_serializable
 class CGCLayer(GateInputsMixin, keras.layers.Layer):
     """Customized Gate Control (CGC): task-specific experts, shared experts, one gate per task.
@@ -341,7 +353,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         """``(outputs, gate_weights)`` of the layer (see the class docstring)."""
         task_inputs, shared_input = self._split_inputs(inputs)
         if gate_inputs is not None:
-            self.check_gate_inputs(gate_inputs, shared_input)
+            gate_inputs = self.check_gate_inputs(gate_inputs, shared_input)
             gate_reads = [gate_inputs] * len(self.gates)
         else:
             gate_reads = (task_inputs + [shared_input])[: len(self.gates)]
@@ -349,14 +361,11 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         task_out = [bank(x, training=training) for bank, x in zip(self.task_expert_banks, task_inputs)]
         shared_out = [] if self.shared_expert_bank is None else [self.shared_expert_bank(shared_input, training=training)]
         weights = [gate(x, training=training) for gate, x in zip(self.gates, gate_reads)]
-        outputs = []
-        for k in range(self.num_tasks):
-            experts = tf.concat(task_out[k : k + 1] + shared_out, axis=1)  # S^k: own experts, then shared
-            outputs.append(tf.einsum("be,beu->bu", weights[k], experts))
+        # S^k = own experts, then shared; S^s = every task's experts, then shared.
+        outputs = [mix(weights[k], task_out[k : k + 1] + shared_out) for k in range(self.num_tasks)]
         gate_weights = {TASK_GATES: tf.stack(weights[: self.num_tasks], axis=1)}
         if self.return_shared:
-            experts = tf.concat(task_out + shared_out, axis=1)  # S^s: every task's experts, then shared
-            outputs.append(tf.einsum("be,beu->bu", weights[-1], experts))
+            outputs.append(mix(weights[-1], task_out + shared_out))
             gate_weights[SHARED_GATE] = weights[-1]
         return outputs, gate_weights
 

@@ -190,7 +190,7 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
     def _forward(self, inputs, gate_inputs, training):
         _utils.check_rank2(self, "inputs", inputs.shape)
         if gate_inputs is not None:
-            self.check_gate_inputs(gate_inputs, inputs)
+            gate_inputs = self.check_gate_inputs(gate_inputs, inputs)
         x, gate_weights = inputs, {}
         for index, level in enumerate(self.levels):
             x, weights = level(x, gate_inputs=gate_inputs, training=training)
