@@ -1,6 +1,6 @@
 """CGCLayer: Customized Gate Control, task-specific and shared experts (one level of PLE)."""
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -18,7 +18,7 @@ BANK_SEED_STRIDE = 10_007
 TASK_GATES, SHARED_GATE = "tasks", "shared"
 
 
-def check_expert_layers(name, experts):
+def check_expert_layers(name: str, experts: Any) -> List["keras.layers.Layer"]:
     """A non-empty list of Keras layers (serialized layers are rebuilt), else a ValueError naming ``name``."""
     if not isinstance(experts, (list, tuple)) or not experts:
         raise ValueError(f"`{name}` must be a non-empty list of Keras layers, received: {name}={experts!r}")
@@ -29,7 +29,7 @@ def check_expert_layers(name, experts):
     return experts
 
 
-def check_task_experts(task_experts, task_names):
+def check_task_experts(task_experts: Any, task_names: Sequence[str]) -> List[List["keras.layers.Layer"]]:
     """``task_experts``: one equally long list of Keras layers per task, else a ValueError."""
     if not isinstance(task_experts, (list, tuple)) or len(task_experts) != len(task_names):
         raise ValueError(
@@ -45,7 +45,9 @@ def check_task_experts(task_experts, task_names):
     return lists
 
 
-def split_shape(layer, argument, shape, count):
+def split_shape(
+    layer: "keras.layers.Layer", argument: str, shape: Any, count: int
+) -> Optional[List[tf.TensorShape]]:
     """``shape`` of one tensor, or of a list of ``count`` tensors, as a list of TensorShapes (or None: one tensor)."""
     if isinstance(shape, tf.TensorShape):
         return None
@@ -61,7 +63,7 @@ def split_shape(layer, argument, shape, count):
     return None
 
 
-def mix(weights, banks):
+def mix(weights: tf.Tensor, banks: Sequence[tf.Tensor]) -> tf.Tensor:
     """``w S``: gate weights (batch, E_1 + ... + E_n) on the experts of ``banks``, each (batch, E_j, u).
 
     Each bank's block of weights is applied to that bank's outputs and the n sums added, so
@@ -178,8 +180,8 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         kernel_regularizer: Any = None,
         bias_regularizer: Any = None,
         seed: Optional[int] = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.task_names = resolve_task_names(num_tasks, task_names)
         self.num_tasks = len(self.task_names)
@@ -292,12 +294,12 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         )
 
     @property
-    def banks(self):
+    def banks(self) -> List[ExpertBank]:
         """The expert banks in the shared gate's order: each task's, then the shared one."""
         return self.task_expert_banks + ([self.shared_expert_bank] if self.shared_expert_bank is not None else [])
 
     @property
-    def output_units(self):
+    def output_units(self) -> Optional[int]:
         """Width u of every output (known after build for custom experts)."""
         return self.banks[0].output_units
 
@@ -313,7 +315,11 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         shapes = [_utils.check_rank2(self, name, shape) for name, shape in zip(names, shapes)]
         return shapes[:-1], shapes[-1]
 
-    def build(self, inputs_shape, gate_inputs_shape=None):
+    def build(
+        self,
+        inputs_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]],
+        gate_inputs_shape: Optional[_utils.ShapeLike] = None,
+    ) -> None:
         task_shapes, shared_shape = self._input_shapes(inputs_shape)
         for bank, shape in zip(self.task_expert_banks, task_shapes):
             _utils.build_sublayer(bank, shape)
@@ -369,13 +375,20 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
             gate_weights[SHARED_GATE] = weights[-1]
         return outputs, gate_weights
 
-    def call(self, inputs, gate_inputs=None, training=None):
+    def call(
+        self,
+        inputs: Union[tf.Tensor, Sequence[tf.Tensor]],
+        gate_inputs: Optional[tf.Tensor] = None,
+        training: Optional[bool] = None,
+    ) -> Union[List[tf.Tensor], Tuple[List[tf.Tensor], Dict[str, tf.Tensor]]]:
         outputs, gate_weights = self._forward(inputs, gate_inputs, training)
         if self.return_gate_weights:
             return outputs, gate_weights
         return outputs
 
-    def gate_weights(self, inputs, gate_inputs=None) -> dict:
+    def gate_weights(
+        self, inputs: Union[tf.Tensor, Sequence[tf.Tensor]], gate_inputs: Optional[tf.Tensor] = None
+    ) -> Dict[str, tf.Tensor]:
         """The gates' softmax weights at inference (no expert dropout), for concrete tensors.
 
         Args:
@@ -392,7 +405,11 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
             self(inputs, gate_inputs=gate_inputs)
         return self._forward(inputs, gate_inputs, training=False)[1]
 
-    def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
+    def compute_output_shape(
+        self,
+        inputs_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]],
+        gate_inputs_shape: Optional[_utils.ShapeLike] = None,
+    ) -> Union[List[tuple], Tuple[List[tuple], Dict[str, tuple]]]:
         shapes = split_shape(self, "inputs", inputs_shape, self.num_tasks + 1)
         batch = tf.TensorShape(inputs_shape if shapes is None else shapes[-1])[0]
         outputs = [(batch, self.output_units)] * (self.num_tasks + int(self.return_shared))
@@ -403,7 +420,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
             gate_weights[SHARED_GATE] = (batch, self.num_experts)
         return outputs, gate_weights
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         shared = self.shared_expert_bank
         custom_tasks = bool(self.task_expert_banks) and self.task_expert_banks[0].experts is not None
