@@ -276,3 +276,92 @@ def test_train_spec_mistakes_are_one_line_exit_2_and_write_nothing(data_dir, tmp
     assert code == 2 and stdout == ""
     assert message in one_line_error(err), err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ evaluate --spec
+
+
+def test_evaluate_export_on_other_files_with_gauc_agrees_with_keras_mmoe_metrics(trained, tmp_path):
+    from keras_mmoe import metrics, saving
+
+    out, _, _ = trained
+    other = make_table(150, seed=11)
+    write_csv(str(tmp_path / "test.csv"), other)
+    scores = tmp_path / "scores.json"
+    code, stdout, err = cli("evaluate", out / "ranker" / "1", "--data", tmp_path / "test.csv", "--group-by", "user",
+                            "--json", scores)
+    assert code == 0, err
+    assert "spec from the training record" in err and "150 rows of 1 file(s)" in err
+    got = json.loads(scores.read_text())
+    assert got["rows"] == 150 and got["bad_rows"] == 0 and got["group_by"] == "user"
+    assert json.loads(stdout) == got["tasks"]
+    # The reference: the .keras model's predictions on the same rows, metrics from keras_mmoe.metrics.
+    rows = reference_inputs(other)
+    import tensorflow as tf
+
+    model = saving.load_keras_model(out / "ranker.keras")
+    feed = {k: tf.constant(rows[k].reshape(-1, 1)) for k in ("age", "income", "country", "device", "tags")}
+    predicted = {k: np.asarray(v, np.float64).ravel() for k, v in model(feed, training=False).items()}
+    y, p = rows["click"], predicted["click"]
+    gauc, used, skipped = metrics.group_auc(y, p, np.array(other["user"]))
+    expected_click = {"auc": metrics.roc_auc(y, p), "loss": metrics.binary_crossentropy(y, p),
+                      "calibration": metrics.calibration(y, p), "gauc": gauc}
+    for name, value in expected_click.items():
+        # The SavedModel's graph may differ from Keras by one float32 ulp, which can split exact ties.
+        assert got["tasks"]["click"][name] == pytest.approx(value, rel=1e-4, abs=1e-3), name
+    assert (got["tasks"]["click"]["gauc_groups"], got["tasks"]["click"]["gauc_skipped_groups"]) == (used, skipped)
+    assert used + skipped == len(set(other["user"]))
+    assert got["tasks"]["watch"]["rmse"] == pytest.approx(metrics.rmse(rows["watch"], predicted["watch"]), rel=1e-4)
+    line = next(line for line in err.splitlines() if line.startswith("[keras-mmoe] click: AUC "))
+    assert f"GAUC {gauc:.4f} over {used} groups ({skipped} holding one class skipped)" in line
+
+
+def test_evaluate_keras_file_with_spec_scores_the_held_out_split(trained, data_dir):
+    from keras_mmoe import saving
+
+    out, _, _ = trained
+    record = saving.read_record(out / "ranker.json")
+    code, stdout, err = cli("evaluate", out / "ranker.keras", "--spec", data_dir / "spec.toml", "--tasks", "watch")
+    assert code == 0, err
+    assert "on the spec's validation split" in err
+    assert f"{record['statistics']['validation_rows']} rows of 2 file(s)" in err
+    got = json.loads(stdout)
+    assert list(got) == ["watch"]
+    # The same rows and model as the last epoch's validation metrics of the training.
+    assert got["watch"]["rmse"] == pytest.approx(record["validation_metrics"]["watch"]["rmse"], rel=1e-4)
+
+
+@pytest.mark.parametrize("make_argv, message", [
+    (lambda o, t: [o / "ranker" / "1", "--group-by", "nobody"], "no column 'nobody'"),
+    (lambda o, t: [o / "ranker" / "1", "--data", t / "absent-*.csv"], "the pattern"),
+    (lambda o, t: [o / "ranker.keras", "--data", t / "nolabel.csv"], "no column 'watch_seconds'"),
+    (lambda o, t: [o / "ranker.keras", "--samples", "100"],
+     "--samples applies to the built-in data sources; a spec model is scored on files (--data FILES)"),
+    (lambda o, t: [o / "ranker.keras", "--tasks", "buy"], "unknown task(s) ['buy'] for --tasks"),
+    (lambda o, t: [o / "ranker.keras", "--spec", t / "absent.toml"], "spec file not found: "),
+])
+def test_evaluate_spec_mistakes_are_one_line_exit_2(trained, tmp_path, make_argv, message, table):
+    out, _, _ = trained
+    write_csv(str(tmp_path / "nolabel.csv"), table, rows=range(20),
+              columns=["age", "income", "country", "device", "tags", "user", "clicked"])
+    json_path = tmp_path / "scores.json"
+    code, stdout, err = cli("evaluate", *make_argv(out, tmp_path), "--json", json_path)
+    assert code == 2 and stdout == ""
+    assert message in one_line_error(err, "evaluate"), err
+    assert not json_path.exists()
+
+
+def test_evaluate_spec_flags_on_a_built_in_model_are_one_line(tmp_path):
+    code, _, err = cli("train", "--epochs", "1", "--samples", "200", "--dim", "4", "--num-experts", "2",
+                       "--expert-units", "4", "--out-dir", tmp_path)
+    assert code == 0, err
+    model = tmp_path / "mmoe_synthetic.keras"
+    code, _, err = cli("evaluate", model, "--group-by", "user")
+    assert code == 2 and "--group-by applies to models trained on your own files: give --spec FILE" in one_line_error(
+        err, "evaluate")
+    code, _, err = cli("evaluate", model, "--data", "test.csv")
+    assert code == 2 and "--data takes a built-in source (census, synthetic) for this model, received test.csv" in (
+        one_line_error(err, "evaluate"))
+    code, stdout, err = cli("evaluate", model, "--data", "synthetic")
+    assert code == 0, err
+    assert sorted(json.loads(stdout)) == ["y1", "y2"]
