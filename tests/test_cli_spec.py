@@ -365,3 +365,60 @@ def test_evaluate_spec_flags_on_a_built_in_model_are_one_line(tmp_path):
     code, stdout, err = cli("evaluate", model, "--data", "synthetic")
     assert code == 0, err
     assert sorted(json.loads(stdout)) == ["y1", "y2"]
+
+
+# ------------------------------------------------------------------------------------ spec infer / check
+
+
+def test_spec_infer_writes_a_spec_that_loads_and_check_reads_its_files(data_dir, tmp_path, monkeypatch):
+    from keras_mmoe.data import infer_spec, load_spec, resolve_source
+
+    monkeypatch.chdir(data_dir)
+    code, stdout, err = cli("spec", "infer", "train-*.csv", "--label", "clicked:binary",
+                            "--label", "watch_seconds:regression")
+    assert code == 0, err
+    assert stdout == infer_spec(["train-*.csv"], ["clicked:binary", "watch_seconds:regression"])
+    (tmp_path / "stdout.toml").write_text(stdout)
+    spec = load_spec(str(tmp_path / "stdout.toml"), base_dir=str(data_dir))
+    assert [t.name for t in spec.tasks] == ["clicked", "watch_seconds"]
+    assert {f.name: f.type for f in spec.features}["tags"] == "multi_categorical"
+    assert "user" in [f.name for f in spec.features]
+
+    # --out in another directory: the patterns are rewritten relative to it.
+    out = tmp_path / "specs" / "ranker.toml"
+    code, stdout, err = cli("spec", "infer", "train-*.csv", "--label", "clicked:binary", "--out", out)
+    assert code == 0 and stdout == "", err
+    spec = load_spec(str(out))
+    assert resolve_source(spec, "train").files == [str(data_dir / "train-00.csv"), str(data_dir / "train-01.csv")]
+    before = out.read_text()
+    code, _, err = cli("spec", "infer", "train-00.csv", "--label", "clicked:binary", "--out", out)
+    assert code == 2 and "ranker.toml already exists; pass --overwrite to replace it" in one_line_error(err, "spec infer")
+    assert out.read_text() == before
+    code, _, err = cli("spec", "infer", "train-00.csv", "--label", "clicked:binary", "--out", out, "--overwrite")
+    assert code == 0, err
+    assert 'train = ["../../' in out.read_text() and out.read_text() != before
+
+    code, stdout, err = cli("spec", "check", out)
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0].startswith("train: 1 file(s), ") and any(line.startswith("feature tags (multi_categorical)")
+                                                           for line in lines)
+    assert lines[-2].startswith("model: mmoe (num_experts=8, expert_units=[64, 32]")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["infer", "train-*.csv", "--label", "click:binary"], "train-00.csv: no column 'click' for the label; the columns are: "),
+    (["infer", "train-*.csv", "--label", "clicked:ctr"], "label 'clicked': unknown type 'ctr'; choose one of"),
+    (["infer", "train-*.csv", "--label", "clicked"], "a label must be COLUMN:TYPE"),
+    (["infer", "none-*.csv", "--label", "clicked:binary"], "spec infer: the pattern"),
+    (["infer", "train-*.csv", "--label", "clicked:binary", "--out", "spec.json"], "--out must name a .toml file"),
+    (["infer", "train-*.csv", "--label", "clicked:binary", "--delimiter", ";;"], "--delimiter must be one character"),
+    (["check", "absent.toml"], "spec file not found: absent.toml"),
+])
+def test_spec_command_mistakes_are_one_line_exit_2(data_dir, monkeypatch, argv, message):
+    monkeypatch.chdir(data_dir)
+    before = sorted(os.listdir(data_dir))
+    code, stdout, err = cli("spec", *argv)
+    assert code == 2 and stdout == ""
+    assert message in one_line_error(err, f"spec {argv[0]}"), err
+    assert sorted(os.listdir(data_dir)) == before

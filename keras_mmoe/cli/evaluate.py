@@ -41,7 +41,7 @@ import json
 import os
 import warnings
 
-from keras_mmoe.cli import sources
+from keras_mmoe.cli import common, sources
 from keras_mmoe.cli.common import CLIError, add_command, correlation, import_tensorflow, positive_int, say, seed
 
 
@@ -58,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the data spec the model was trained with (default: the one in its training record)")
     p.add_argument("--group-by", default=None, metavar="COLUMN",
                    help="spec models: also GAUC of binary tasks over the groups of this column (e.g. a user id)")
-    p.add_argument("--max-bad-rows", type=positive_int, default=None, metavar="N",
+    p.add_argument("--max-bad-rows", type=common.non_negative_int, default=None, metavar="N",
                    help="spec models: skip up to N malformed rows (counted) and fail beyond (default: the spec's)")
     p.add_argument("--settings", default=None, metavar="FILE",
                    help="a training record to take the data settings from (default: the model's own)")

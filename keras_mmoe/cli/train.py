@@ -57,8 +57,7 @@ import argparse
 import os
 import sys
 
-from keras_mmoe import _validation
-from keras_mmoe.cli import common, sources
+from keras_mmoe.cli import sources
 from keras_mmoe.cli.evaluate import predict_keras
 from keras_mmoe.cli.common import (
     CLIError,
@@ -66,6 +65,7 @@ from keras_mmoe.cli.common import (
     check_version_free,
     correlation,
     import_tensorflow,
+    non_negative_int,
     positive_float,
     positive_int,
     rate,
@@ -77,9 +77,6 @@ MODEL_CHOICES = ("mmoe", "omoe", "cgc", "ple", "shared_bottom", "single_task")
 #: Models with task and shared experts, and the flags that size them (only they accept these flags).
 PROGRESSIVE = ("cgc", "ple")
 _PROGRESSIVE_FLAGS = {"num_shared_experts": PROGRESSIVE, "num_task_experts": PROGRESSIVE, "num_levels": ("ple",)}
-#: ``>= 0`` integers: expert counts of CGC/PLE (0 shared or 0 per task is allowed, not both).
-non_negative_int = common._argument_type(_validation.check_non_negative_int, int, "a non-negative integer",
-                                         "non_negative_int")
 #: Fewest rows --samples accepts: 80% train, and a held-out split of at least 2 rows to score.
 MIN_SAMPLES = 10
 #: Settings that describe the run (recorded); the rest (paths, --overwrite) do not change the model.
@@ -233,22 +230,22 @@ def build_model(args: argparse.Namespace, input_dim: int, tasks: dict):
     from keras_mmoe import models
 
     fill_builtin_defaults(args)
-    common = dict(tower_units=tuple(args.tower_units))
+    shared = dict(tower_units=tuple(args.tower_units))
     if args.mixed_precision != "float32":
-        common["dtype"] = args.mixed_precision
+        shared["dtype"] = args.mixed_precision
     if args.model in ("mmoe", "omoe"):
         return models.BUILDERS[args.model](
             input_dim, tasks, num_experts=args.num_experts, expert_units=tuple(args.expert_units),
-            expert_dropout_rate=args.expert_dropout_rate, seed=args.seed, **common,
+            expert_dropout_rate=args.expert_dropout_rate, seed=args.seed, **shared,
         )
     if args.model in PROGRESSIVE:
         return models.BUILDERS[args.model](
             input_dim, tasks, expert_units=tuple(args.expert_units), expert_dropout_rate=args.expert_dropout_rate,
-            seed=args.seed, **progressive_sizes(args, len(tasks)), **common,
+            seed=args.seed, **progressive_sizes(args, len(tasks)), **shared,
         )
     if args.model == "shared_bottom":
-        return models.build_shared_bottom(input_dim, tasks, bottom_units=tuple(args.expert_units), **common)
-    return models.build_single_task(input_dim, tasks, hidden_units=tuple(args.expert_units), **common)
+        return models.build_shared_bottom(input_dim, tasks, bottom_units=tuple(args.expert_units), **shared)
+    return models.build_single_task(input_dim, tasks, hidden_units=tuple(args.expert_units), **shared)
 
 
 def _flag(name: str) -> str:
