@@ -351,11 +351,18 @@ def test_evaluate_spec_mistakes_are_one_line_exit_2(trained, tmp_path, make_argv
     assert not json_path.exists()
 
 
-def test_evaluate_spec_flags_on_a_built_in_model_are_one_line(tmp_path):
+def test_built_in_train_takes_mixed_precision_and_jit_compile_and_evaluate_refuses_spec_flags(tmp_path):
+    from keras_mmoe import saving
+
     code, _, err = cli("train", "--epochs", "1", "--samples", "200", "--dim", "4", "--num-experts", "2",
-                       "--expert-units", "4", "--out-dir", tmp_path)
+                       "--expert-units", "4", "--out-dir", tmp_path, "--mixed-precision", "mixed_bfloat16",
+                       "--jit-compile")
     assert code == 0, err
+    assert "parameters, mixed_bfloat16, XLA) for 1 epochs" in err
+    record = saving.read_record(tmp_path / "mmoe_synthetic.json")
+    assert (record["training"]["mixed_precision"], record["training"]["jit_compile"]) == ("mixed_bfloat16", True)
     model = tmp_path / "mmoe_synthetic.keras"
+    assert saving.load_keras_model(model).get_layer("mmoe").compute_dtype == "bfloat16"
     code, _, err = cli("evaluate", model, "--group-by", "user")
     assert code == 2 and "--group-by applies to models trained on your own files: give --spec FILE" in one_line_error(
         err, "evaluate")
