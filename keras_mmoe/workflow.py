@@ -279,7 +279,7 @@ def training_record(spec, statistics: Statistics, history: dict, model: keras.Mo
     validation = {}
     for t in spec.tasks:
         values = {}
-        for metric in ("loss", "auc", "rmse"):
+        for metric in ("auc", "rmse"):  # (per-task losses are left out: model.fit and the loop log them differently)
             series = history.get(f"val_{t.name}_{metric}")
             if series:
                 values[metric] = float(series[-1])
