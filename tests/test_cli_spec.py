@@ -180,6 +180,36 @@ def test_export_answers_raw_rows_in_a_process_without_keras_mmoe(trained, table,
     assert np.mean(answer["raw"]["watch"]) > 100  # seconds, not a standardized value
 
 
+def test_export_command_keeps_the_specs_serving_rules(trained, tmp_path):
+    """Before: `keras-mmoe export` of a spec model made an export that refused NaN for a feature
+    with a default and required every tf.Example feature, unlike the version train exported."""
+    import tensorflow as tf
+
+    from keras_mmoe import saving
+
+    out, _, _ = trained
+    code, stdout, err = cli("export", out / "ranker.keras", "--to", tmp_path / "again")
+    assert code == 0, err
+    assert "serving rules for missing values from the spec" in err
+    assert saving.read_metadata(stdout.strip())["data"]["source"] == "spec"
+    dtypes = {"country": tf.string, "tags": tf.string, "device": tf.int64}
+    raw = {k: tf.constant(v, dtype=dtypes.get(k, tf.float32)) for k, v in edge_rows().items()}
+    empty = tf.constant([tf.train.Example().SerializeToString()])  # every feature absent but income
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "income": tf.train.Feature(float_list=tf.train.FloatList(value=[20000.0]))})).SerializeToString()
+    answers = []
+    for version in (out / "ranker" / "1", tmp_path / "again" / "1"):
+        loaded = tf.saved_model.load(str(version))
+        by_raw = loaded.signatures["serving_default"](**raw)
+        by_example = loaded.signatures["predict_examples"](examples=tf.constant([example]))
+        answers.append({k: v.numpy() for k, v in [*by_raw.items(), *(("ex_" + k, v) for k, v in by_example.items())]})
+        with pytest.raises(tf.errors.InvalidArgumentError, match="income"):
+            loaded.signatures["predict_examples"](examples=empty)  # a number without a default stays required
+    for key, value in answers[0].items():
+        np.testing.assert_allclose(answers[1][key], value, rtol=1e-6, err_msg=key)
+    assert np.all(np.isfinite(answers[1]["watch"]))
+
+
 def test_second_train_needs_overwrite_and_flags_win_over_the_spec(trained, data_dir):
     from keras_mmoe import saving
 
