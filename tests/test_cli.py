@@ -38,7 +38,11 @@ def test_help_lists_every_command_and_shows_defaults(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
         assert exit_info.value.code == 0
-        assert "--config" in capsys.readouterr().out or name == "reproduce"
+        assert "--config" in capsys.readouterr().out or name in ("reproduce", "spec")  # commands of sub-commands
+    for command in ("infer", "check"):
+        with pytest.raises(SystemExit):
+            main(["spec", command, "--help"])
+        assert "--config" in capsys.readouterr().out
     for study in ("census", "synthetic", "polarization"):
         with pytest.raises(SystemExit):
             main(["reproduce", study, "--help"])

@@ -7,7 +7,10 @@ the next free integer unless ``--version`` is given; an existing version is only
 ``--overwrite``. The model's training record (``<name>.json`` beside ``<name>.keras``, or
 ``--record FILE``) goes into the version's ``assets.extra/keras_mmoe.json``, so
 ``keras-mmoe evaluate`` can score the version on the rows the model held out. MODEL may also be,
-under tf-keras, an ``.h5`` file or a ``model.save(dir)`` SavedModel directory.
+under tf-keras, an ``.h5`` file or a ``model.save(dir)`` SavedModel directory. A model trained with
+``keras-mmoe train --spec`` is exported with its spec's serving rules, as ``train`` exports it:
+missing values (NaN, ``""``, an absent tf.Example feature) follow the spec, and a
+multi_categorical feature is a bytes_list in ``predict_examples``.
 
 Example::
 
@@ -52,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
     import_tensorflow()
     from keras_mmoe.serving import export_for_serving
 
+    options = {}
+    if (record or {}).get("data", {}).get("source") == "spec":
+        from keras_mmoe.features import serving_options
+        from keras_mmoe.workflow import spec_from_record
+
+        options = serving_options(spec_from_record(record, record_file))
+        say(f"serving rules for missing values from the spec in {record_file}")
     say(f"loading {args.model}")
     model = saving.load_keras_model(args.model)
     version_dir = export_for_serving(
@@ -62,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         include_gate_weights=args.include_gate_weights,
         overwrite=args.overwrite,
         metadata=record,
+        **options,
     )
     say(f"exported SavedModel for TF Serving: {version_dir}"
         + (f" (with the training record {record_file})" if record is not None else " (no training record found)"))
