@@ -210,10 +210,14 @@ def test_export_command_keeps_the_specs_serving_rules(trained, tmp_path):
     assert np.all(np.isfinite(answers[1]["watch"]))
 
 
-def test_second_train_needs_overwrite_and_flags_win_over_the_spec(trained, data_dir):
+def test_second_train_needs_overwrite_and_flags_win_over_the_spec(trained, data_dir, tmp_path):
+    import shutil
+
     from keras_mmoe import saving
 
-    out, _, _ = trained
+    # A copy of the trained output: the other tests of this module read the fixture's files.
+    out = tmp_path / "out"
+    shutil.copytree(trained[0], out)
     before = (out / "ranker.keras").read_bytes()
     code, _, err = cli("train", "--spec", data_dir / "spec.toml", "--out-dir", out, "--name", "ranker")
     assert code == 2
