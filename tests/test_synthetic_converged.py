@@ -38,6 +38,11 @@ def test_stopped_study_continues_to_the_uninterrupted_results(tmp_path):
         sc.study(path, progress=stop_in_third_unit, **QUICK)
     partial = json.loads(path.read_text())
     assert len(partial["units_done"]) == 2 and len(partial["runs"]) == 4 and "summary" not in partial
+    # The tables of a study in progress: its finished units, marked as such.
+    paths = sc.write_outputs(partial, str(tmp_path))
+    text = open(paths["markdown"]).read()
+    assert "In progress: 2 of 8 units of work done" in text and "| MMoE |" in text
+    assert set(paths) == {"markdown", "loss_curves_noise0.1", "test_loss_noise0.1"}
     messages = []
     resumed = sc.study(path, progress=messages.append, **QUICK)
     assert "2 done before" in messages[0]

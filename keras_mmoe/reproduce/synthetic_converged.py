@@ -273,6 +273,11 @@ def to_markdown(record: dict) -> str:
     comparisons, and the learning-rate choice."""
     lines = ["Synthetic task-correlation study, converged protocol: test loss (sum of the two tasks' MSE) "
              "at each model's chosen learning rate"]
+    total, done = len(units(record["settings"])), len(record.get("units_done", []))
+    if done < total:
+        lines.append(f"\n**In progress: {done} of {total} units of work done** (a unit: one noise level, correlation, "
+                     "model and learning rate, all runs). A cell is final once its model has every learning rate; "
+                     "the same command continues the study.")
     for noise_key, entry in record["summary"].items():
         noise = float(noise_key.split("=")[1])
         lines.append(f"\n### Label noise: standard deviation {noise:g} (variance {noise ** 2:g})\n")
@@ -362,6 +367,8 @@ def plot_loss_curves(record: dict, noise: float):
         ax = fig.add_subplot(1, len(corrs), i + 1, sharey=fig.axes[0] if fig.axes else None)
         for model in [m for m in MODELS if any(r["model"] == m for r in runs)]:
             mine = [r for r in runs if r["model"] == model and r["correlation"] == corr]
+            if not mine:
+                continue  # a study in progress: this cell has not started
             length = max(len(r["val_loss"]) for r in mine)
             curves = np.array([np.minimum.accumulate(r["val_loss"] + [r["best_val_loss"]] * (length - len(r["val_loss"])))
                                for r in mine])
@@ -406,12 +413,20 @@ def plot_test_loss(record: dict, noise: float):
 
 def write_outputs(record: dict, out_dir: str) -> dict:
     """Writes ``synthetic_converged.md`` and, per noise level, the two figures into ``out_dir``; the
-    JSON is the study's own file (``record["path"]``). Returns the paths."""
+    JSON is the study's own file (``record["path"]``). Returns the paths.
+
+    A study in progress (its JSON file as written so far, without a summary) gets the tables of
+    its finished units, marked as in progress, and the figures of the noise levels it has reached.
+    """
+    if "summary" not in record:
+        record = dict(record, summary=summarize(record["runs"]))
     base = os.path.join(out_dir, NAME)
     paths = {"markdown": report.write_text(base + ".md", to_markdown(record))}
     if record.get("path"):
         paths["json"] = record["path"]
     for noise in record["settings"]["noise_stddevs"]:
+        if not _chosen_runs(record, noise):
+            continue  # a study in progress: no run at this noise level yet
         for kind, plot in (("loss_curves", plot_loss_curves), ("test_loss", plot_test_loss)):
             path = f"{base}_noise{noise:g}_{kind}.png"
             plot(record, noise).savefig(path, dpi=110)
