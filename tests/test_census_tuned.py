@@ -94,6 +94,8 @@ def test_stopped_study_continues_to_the_uninterrupted_results(quick, tmp_path):
         ct.study(path, data_dir=CENSUS_SAMPLE_DIR, progress=stop_at_the_sixth_run, **QUICK)
     partial = json.loads(path.read_text())
     assert len(partial["runs"]) == 5 and "summary" not in partial
+    table = ct.to_markdown(ct.load(path))  # the tables of a study in progress
+    assert "Runs recorded: 5 of 8 (the study is not finished)." in table and "| Shared-Bottom | 0.0" in table
     messages = []
     resumed = ct.study(path, data_dir=CENSUS_SAMPLE_DIR, progress=messages.append, **QUICK)
     assert messages[0] == f"tuned census study: 8 runs, 5 done before (continuing {path})"

@@ -123,8 +123,8 @@ def work(settings: dict) -> list:
 
 
 def count_units(settings: dict) -> int:
-    per_model = len(settings["learning_rates"]) * len(settings["widths"]) * settings["search_runs"] + settings["runs"]
-    return per_model * len(settings["models"]) * len(settings["groups"])
+    """The number of runs of the study."""
+    return len(work(settings))
 
 
 # --- the data ---------------------------------------------------------------------------------
@@ -510,6 +510,9 @@ def to_markdown(record: dict) -> str:
         tasks = entry["tasks"]
         main, aux = tasks
         lines.append(f"\n### Group {group_key.split('=')[1]}: {main} (main) and {aux}\n")
+        if not entry["models"]:
+            lines.append("No run recorded yet.\n")
+            continue
         header = ["method", "chosen: learning rate, width (params)", "validation AUC (search)", "runs",
                   "epochs (median)", f"{main} AUC mean ± std, median [q1, q3]", f"{aux} AUC mean ± std, median [q1, q3]",
                   f"MMoE paper {main} mean (best)", f"MMoE paper {aux}", f"PLE paper {main} / {aux}"]
@@ -563,8 +566,12 @@ def to_markdown(record: dict) -> str:
             rows.append(cells)
         lines.append(report.markdown_table(header, rows))
     done, total = len(record["runs"]), count_units(settings)
+    cpu = [r["cpu_seconds"] for r in record["runs"] if math.isfinite(r.get("cpu_seconds", float("nan")))]
+    epochs = sum(r["epochs"] for r in record["runs"])
+    cost = (f" CPU time of the recorded runs: {sum(cpu) / 3600:.2f} h, {np.mean(cpu):.0f} s per run, "
+            f"{sum(cpu) / max(epochs, 1):.2f} s per epoch ({epochs} epochs)." if cpu else "")
     lines.append(f"Runs recorded: {done} of {total}" + (" (the study is not finished)" if done < total else "")
-                 + f". Setup: {settings}. Sessions: {len(record.get('sessions', []))}.")
+                 + f".{cost} Setup: {settings}. Sessions: {len(record.get('sessions', []))}.")
     commands = [s.get("command") for s in record.get("sessions", []) if s.get("command")]
     if commands:
         lines.append(f"Command: `{commands[-1]}`")
