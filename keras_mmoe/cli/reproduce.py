@@ -5,8 +5,8 @@ their progress): ``census`` (MMoE paper section 6.3), ``synthetic`` (sections 3.
 correlation), ``polarization`` (gate polarization and expert dropout, YouTube RecSys 2019).
 Each writes Markdown and JSON tables (and PNG plots) to ``--out-dir``; the JSON records the
 settings and a portable command that reproduces them (paths left out: they do not change the
-results). ``synthetic --protocol converged`` writes its JSON as it goes, and the same command
-continues a study that was stopped.
+results). ``synthetic --protocol converged`` and ``census --protocol tuned`` write their JSON as
+they go, and the same command continues a study that was stopped.
 """
 
 from __future__ import annotations
@@ -45,37 +45,87 @@ PATH_FLAGS = ("data_dir", "out_dir", "export_dir", "config")
 # --- census ----------------------------------------------------------------------------------
 
 
+#: ``--protocol`` of ``reproduce census``: flags that apply to one protocol only.
+CENSUS_PROTOCOL_FLAGS = {
+    "fixed": ("group", "epochs", "learning_rate", "export_dir"),
+    "tuned": ("groups", "search_runs", "learning_rates", "widths", "max_epochs"),
+}
+
+
 def add_census_arguments(parser: argparse.ArgumentParser) -> None:
+    from keras_mmoe.reproduce import census_tuned
     from keras_mmoe.reproduce.census import DEFAULT_MODELS, MODELS
 
+    parser.add_argument("--protocol", choices=("fixed", "tuned"), default="fixed",
+                        help="fixed: one learning rate and size for every model; tuned: per group and model "
+                        "the learning rate and width chosen on the main task's validation AUC, then --runs "
+                        "paired runs of the choice, bootstrap intervals of MMoE's differences, resumable")
     parser.add_argument("--group", type=int, choices=(1, 2), default=1,
-                        help="task group: 1 (income, marital) or 2 (education, marital)")
-    parser.add_argument("--runs", type=positive_int, default=3, help="runs per model")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), metavar="MODEL",
+                        help="task group: 1 (income, marital) or 2 (education, marital) (fixed)")
+    parser.add_argument("--groups", type=int, choices=(1, 2), nargs="+", default=[1, 2], help="task groups (tuned)")
+    parser.add_argument("--runs", type=positive_int, default=None,
+                        help="runs per model (default: 3 fixed; 10 tuned, of each model's chosen configuration)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=None, metavar="MODEL",
                         help=f"models to train, of: {' '.join(MODELS)} (cgc, ple: PLE with 1 and 2 levels, "
-                        "compared with mmoe run by run and with the PLE paper)")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs per run")
-    parser.add_argument("--patience", type=positive_int, default=2, help="early-stopping patience in epochs")
-    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate")
+                        f"compared with mmoe run by run and with the PLE paper) (default: {' '.join(DEFAULT_MODELS)} "
+                        f"fixed; {' '.join(census_tuned.DEFAULT_MODELS)} tuned)")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs per run (fixed)")
+    parser.add_argument("--patience", type=positive_int, default=None,
+                        help="early stopping: epochs without a higher validation AUC of the main task "
+                        "(default: 2 fixed, 4 tuned)")
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate (fixed)")
+    parser.add_argument("--learning-rates", type=positive_float, nargs="+", default=[3e-4, 1e-3, 3e-3],
+                        help="the learning-rate grid of the search (tuned)")
+    parser.add_argument("--widths", type=positive_float, nargs="+", default=[1, 2],
+                        help="the width grid of the search: w gives MMoE 8 experts of 16 w units and every "
+                        "other model that parameter budget (tuned)")
+    parser.add_argument("--search-runs", type=positive_int, default=2,
+                        help="runs per configuration in the search (tuned)")
+    parser.add_argument("--max-epochs", type=positive_int, default=50, help="most epochs per run (tuned)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of run 1; run r uses seed + r - 1")
     parser.add_argument("--data-seed", type=seed, default=0, help="seed of the validation/test split")
     parser.add_argument("--data-dir", default=None,
                         help="census data directory (default: $KERAS_MMOE_DATA_DIR or ~/.keras_mmoe/data; "
                         "downloaded when absent)")
     parser.add_argument("--max-rows", type=positive_int, default=None, help="use only the first rows of each file")
-    parser.add_argument("--out-dir", default="results", help="where census_group<G>.md/.json go")
+    parser.add_argument("--out-dir", default="results",
+                        help="where census_group<G>.md/.json go (fixed); census_tuned.json/.md and plots (tuned: "
+                        "its JSON is continued when it exists)")
     parser.add_argument("--export-dir", default=None,
                         help="also export the MMoE run with the best validation AUC for TF Serving here, with "
-                        "its training record (keras-mmoe evaluate then scores it on the same split)")
-    parser.add_argument("--quick", action="store_true", help="3000 rows, 1 epoch, 1 run: a smoke run")
+                        "its training record (keras-mmoe evaluate then scores it on the same split) (fixed)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 3000 rows, 1 epoch, 1 run (fixed); 3000 rows, at most 2 epochs, "
+                        "learning rates 1e-3 1e-2, width 1, 1 search run, 2 runs (tuned)")
 
 
 def run_census(args: argparse.Namespace) -> int:
     if args.max_rows is not None and args.max_rows < 10:
         raise CLIError(f"--max-rows must be at least 10, received {args.max_rows}")
-    return _run_study(args, dict(runs=args.runs, epochs=args.epochs, max_rows=args.max_rows),
-                      group=args.group, models=args.models, patience=args.patience, learning_rate=args.learning_rate,
-                      seed=args.seed, data_seed=args.data_seed, data_dir=args.data_dir, export_dir=args.export_dir)
+    _refuse_other_protocol_flags(args, add_census_arguments, CENSUS_PROTOCOL_FLAGS)
+    if args.protocol == "tuned":
+        return run_census_tuned(args)
+    from keras_mmoe.reproduce.census import DEFAULT_MODELS
+
+    return _run_study(args, dict(runs=args.runs or 3, epochs=args.epochs, max_rows=args.max_rows),
+                      group=args.group, models=args.models or list(DEFAULT_MODELS), patience=args.patience or 2,
+                      learning_rate=args.learning_rate, seed=args.seed, data_seed=args.data_seed,
+                      data_dir=args.data_dir, export_dir=args.export_dir)
+
+
+def run_census_tuned(args: argparse.Namespace) -> int:
+    """The tuned protocol: its JSON in ``--out-dir`` is written as runs finish and continued by the
+    same command."""
+    from keras_mmoe.reproduce import census_tuned as tuned
+
+    settings = dict(groups=args.groups, models=args.models or list(tuned.DEFAULT_MODELS), runs=args.runs or 10,
+                    search_runs=args.search_runs, learning_rates=args.learning_rates, widths=args.widths,
+                    max_epochs=args.max_epochs, patience=args.patience or 4, seed=args.seed,
+                    data_seed=args.data_seed, max_rows=args.max_rows)
+    if args.quick:
+        settings.update(tuned.QUICK)
+    tuned.make_settings(**settings)  # a bad setting is one line, before TensorFlow starts
+    return _run_resumable(args, tuned, settings, data_dir=args.data_dir)
 
 
 # --- synthetic -------------------------------------------------------------------------------
@@ -124,12 +174,7 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    defaults = argparse.ArgumentParser()
-    add_synthetic_arguments(defaults)
-    for other, flags in SYNTHETIC_PROTOCOL_FLAGS.items():
-        for flag in flags if other != args.protocol else ():
-            if getattr(args, flag) != defaults.get_default(flag):
-                raise CLIError(f"--{flag.replace('_', '-')} applies to --protocol {other}, not {args.protocol}")
+    _refuse_other_protocol_flags(args, add_synthetic_arguments, SYNTHETIC_PROTOCOL_FLAGS)
     if args.protocol == "converged":
         return run_synthetic_converged(args)
     return _run_study(args, dict(runs=args.runs or 10, samples=args.samples, epochs=args.epochs),
@@ -140,8 +185,6 @@ def run_synthetic(args: argparse.Namespace) -> int:
 def run_synthetic_converged(args: argparse.Namespace) -> int:
     """The converged protocol: its JSON in ``--out-dir`` is written as units finish and continued by
     the same command."""
-    import os
-
     from keras_mmoe.reproduce import synthetic_converged as converged
 
     settings = dict(models=args.models, correlations=args.correlations, runs=args.runs or 20,
@@ -149,15 +192,7 @@ def run_synthetic_converged(args: argparse.Namespace) -> int:
                     max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
     if args.quick:
         settings.update(converged.QUICK)
-    path = os.path.join(args.out_dir, converged.NAME + ".json")
-    import_tensorflow()
-    record = converged.study(path, command=portable_command(args), progress=say, **settings)
-    paths = converged.write_outputs(record, args.out_dir)
-    with open(paths["markdown"], encoding="utf-8") as f:
-        print(f.read())
-    for name in paths.values():
-        say(f"wrote {name}")
-    return 0
+    return _run_resumable(args, converged, settings)
 
 
 # --- polarization ----------------------------------------------------------------------------
@@ -256,6 +291,32 @@ def _run_study(args: argparse.Namespace, sized: dict, **settings) -> int:
         print(f.read())
     for path in paths.values():
         say(f"wrote {path}")
+    return 0
+
+
+def _refuse_other_protocol_flags(args: argparse.Namespace, add_arguments, protocol_flags: dict) -> None:
+    """Raises CLIError naming a flag set away from its default that belongs to another ``--protocol``."""
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    for other, flags in protocol_flags.items():
+        for flag in flags if other != args.protocol else ():
+            if getattr(args, flag) != defaults.get_default(flag):
+                raise CLIError(f"--{flag.replace('_', '-')} applies to --protocol {other}, not {args.protocol}")
+
+
+def _run_resumable(args: argparse.Namespace, module, settings: dict, **where) -> int:
+    """Runs (or continues) resumable study ``module`` (``study(path, ...)``) with its JSON
+    ``<--out-dir>/<module.NAME>.json``, writes its outputs and prints its table."""
+    import os
+
+    path = os.path.join(args.out_dir, module.NAME + ".json")
+    import_tensorflow()
+    record = module.study(path, command=portable_command(args), progress=say, **settings, **where)
+    paths = module.write_outputs(record, args.out_dir)
+    with open(paths["markdown"], encoding="utf-8") as f:
+        print(f.read())
+    for name in paths.values():
+        say(f"wrote {name}")
     return 0
 
 

@@ -8,6 +8,9 @@
 * :mod:`keras_mmoe.reproduce.synthetic_converged`: the same study under a converged protocol
   (learning rate chosen on validation, early stopping, paired runs, bootstrap intervals), its
   JSON written as it goes and continued when started again (``--protocol converged``).
+* :mod:`keras_mmoe.reproduce.census_tuned`: the census benchmark with every method tuned (learning
+  rate x width chosen on the main task's validation AUC), paired runs of each choice and bootstrap
+  intervals of MMoE's differences, resumable (``reproduce census --protocol tuned``).
 * :mod:`keras_mmoe.reproduce.versus_mmoe`: CGC and PLE against MMoE in those two studies, run by
   run, beside the PLE paper's numbers.
 * :mod:`keras_mmoe.reproduce.polarization`: gate polarization with and without expert dropout
@@ -17,8 +20,8 @@ Their pieces: :mod:`~keras_mmoe.reproduce.replicas` (K runs trained as one vecto
 :mod:`~keras_mmoe.reproduce.store` (a study's resumable JSON), :mod:`~keras_mmoe.reproduce.stats`
 (summaries and paired bootstrap intervals), :mod:`~keras_mmoe.reproduce.report` (tables, records).
 
-Each study module has ``study(**settings, progress=None) -> record`` (the converged study also
-takes the path of its JSON first) (a dict of every run, the
+Each study module has ``study(**settings, progress=None) -> record`` (the converged and tuned studies
+also take the path of their JSON first) (a dict of every run, the
 summary, the settings and the environment; ``progress`` is called with one line per step) and
 ``write_outputs(record, out_dir)`` (Markdown and JSON tables, PNG plots). ``keras-mmoe reproduce``
 (:mod:`keras_mmoe.cli.reproduce`) is the command line over them.

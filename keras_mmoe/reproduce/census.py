@@ -17,6 +17,9 @@ Recipe (the paper gives the data, the split, the metric and the model family; th
   (patience 2, best weights restored), as the paper tunes on the main task's validation AUC;
 * result: test AUC per task of every run; per model the mean, sample std and best over runs.
 
+This is ``--protocol fixed`` (one recipe for every model); ``--protocol tuned``
+(:mod:`keras_mmoe.reproduce.census_tuned`) tunes each model's learning rate and width first.
+
 Each run ``r`` uses seed ``seed + r`` for the weights and the shuffling; the data split is the
 same for all runs (``data_seed``). :func:`study` runs it all (settings in, a record out, progress
 through a callback) and :func:`write_outputs` writes ``census_group<G>.md`` and ``.json``.
