@@ -23,7 +23,7 @@ import os
 import secrets
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -34,10 +34,12 @@ from keras_mmoe import saving as _saving
 from keras_mmoe._keras import keras
 from keras_mmoe.data.pipeline import data_errors, make_dataset, parsed_batches, resolve_source, translate_error
 from keras_mmoe.data.pipeline import DataError
-from keras_mmoe.data.spec import Spec, SpecError, load_spec, parse_spec
+from keras_mmoe.data.spec import Spec, SpecError, SpecLike, load_spec, parse_spec
 from keras_mmoe.data.statistics import Statistics, compute_statistics, describe
 from keras_mmoe.features.preprocessing import build_preprocessing, label_scaling, serving_options
 from keras_mmoe.serving import export_for_serving
+from keras_mmoe.training.distribution import Distribution
+from keras_mmoe.training.loop import FitResult
 
 #: Builder arguments a spec sets itself (from its features, tasks and ``[train]``), never from ``[model]``.
 _SET_BY_SPEC = ("inputs", "tasks", "features", "output_scaling", "dtype", "name")
@@ -87,7 +89,7 @@ def check_model_section(spec: Spec) -> None:
                         f"architecture whose layers take a dtype ({', '.join(takes)}); {spec.architecture!r} does not")
 
 
-def model_arguments(spec) -> dict:
+def model_arguments(spec: SpecLike) -> dict:
     """The builder's keyword arguments: ``[model]`` (cgc / ple: ``num_experts`` split into
     ``num_shared_experts`` and ``num_task_experts`` where not given, ``num_levels`` 2 for ple), the
     ``[train]`` seed when ``[model]`` gives none, and ``dtype`` from ``[train] mixed_precision``."""
@@ -113,7 +115,7 @@ def model_arguments(spec) -> dict:
     return kwargs
 
 
-def build_model(spec, statistics: Statistics, *, name: Optional[str] = None) -> keras.Model:
+def build_model(spec: SpecLike, statistics: Statistics, *, name: Optional[str] = None) -> keras.Model:
     """The spec's model: its preprocessing (:func:`~keras_mmoe.features.build_preprocessing`) feeding the
     ``[model]`` architecture (:func:`model_arguments`), one output per task (regression tasks with
     ``normalize_label`` in the label's units). Uncompiled; see :func:`compile_model`."""
@@ -130,7 +132,7 @@ def build_model(spec, statistics: Statistics, *, name: Optional[str] = None) -> 
         raise SpecError(f"{spec.source}: [model] ({spec.architecture}): {error}") from None
 
 
-def compile_kwargs(spec, statistics: Statistics) -> dict:
+def compile_kwargs(spec: SpecLike, statistics: Statistics) -> dict:
     """``loss``, ``loss_weights`` and ``metrics`` for ``model.compile``.
 
     Binary tasks: binary cross-entropy, AUC. Regression tasks: mean squared error, RMSE in the
@@ -152,7 +154,7 @@ def compile_kwargs(spec, statistics: Statistics) -> dict:
     return {"loss": loss, "loss_weights": weights, "metrics": metrics}
 
 
-def compile_model(model: keras.Model, spec, statistics: Statistics, optimizer=None) -> keras.Model:
+def compile_model(model: keras.Model, spec: SpecLike, statistics: Statistics, optimizer: Any = None) -> keras.Model:
     """Compiles ``model`` with :func:`compile_kwargs`, Adam at ``[train] learning_rate`` and
     ``jit_compile`` from ``[train] jit_compile``. With ``[train] mixed_precision = "mixed_float16"``
     the optimizer is wrapped in a ``LossScaleOptimizer`` (float16 gradients underflow without it)."""
@@ -165,7 +167,7 @@ def compile_model(model: keras.Model, spec, statistics: Statistics, optimizer=No
     return model
 
 
-def export(model: keras.Model, spec, base_dir: str, version: Optional[int] = None, **kwargs) -> str:
+def export(model: keras.Model, spec: SpecLike, base_dir: str, version: Optional[int] = None, **kwargs: Any) -> str:
     """Exports a spec's model for TF Serving with the spec's serving rules
     (:func:`~keras_mmoe.features.serving_options`); returns the version directory."""
     options = serving_options(load_spec(spec))
@@ -229,7 +231,7 @@ def _remove(path):
         pass
 
 
-def check_train_options(spec, distribution=None) -> None:
+def check_train_options(spec: SpecLike, distribution: Optional[Distribution] = None) -> None:
     """SpecError for ``[train]`` settings the run cannot honour: ``jit_compile`` with a categorical
     or multi_categorical feature (XLA cannot compile vocabulary lookups); with a ``distribution``
     (the :mod:`keras_mmoe.training` loop), ``mixed_float16`` (the loop does not scale losses) and
@@ -267,8 +269,8 @@ def _json_value(value):
     return repr(value)
 
 
-def training_record(spec, statistics: Statistics, history: dict, model: keras.Model, *,
-                    distribution=None, fit_result=None) -> dict:
+def training_record(spec: SpecLike, statistics: Statistics, history: dict, model: keras.Model, *,
+                    distribution: Optional[Distribution] = None, fit_result: Optional[FitResult] = None) -> dict:
     """The training record of a spec's run (JSON values): what ``keras-mmoe evaluate`` reads to know
     the spec of a model (``data.spec`` with ``data.base_dir``, the directory its paths are relative
     to), the settings and the statistics pass's counts, and the last epoch's validation metrics."""
@@ -367,7 +369,7 @@ def _fit_distributed(spec, statistics, distribution, log, callbacks, checkpoint_
 
 
 def train(
-    spec,
+    spec: SpecLike,
     *,
     out_dir: Optional[str] = None,
     name: Optional[str] = None,
@@ -377,7 +379,7 @@ def train(
     log: Optional[Callable[[str], None]] = None,
     callbacks: Sequence = (),
     metadata: Optional[dict] = None,
-    distribution=None,
+    distribution: Optional[Distribution] = None,
     checkpoint_dir: Optional[str] = None,
     checkpoint_every_steps: Optional[int] = None,
 ) -> TrainResult:
@@ -530,8 +532,8 @@ def _predictor(model):
 
 
 def evaluate(
-    model,
-    spec,
+    model: Any,
+    spec: SpecLike,
     files: Optional[Sequence[str]] = None,
     *,
     group_by: Optional[str] = None,

@@ -13,7 +13,7 @@ import gzip
 import io
 import os
 import zlib
-from typing import Iterable, Optional, Sequence
+from typing import IO, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 _TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 
@@ -64,7 +64,7 @@ def files_format(files: Sequence[str], declared: Optional[str] = None, what: str
     return kinds[0]
 
 
-def open_text(path: str):
+def open_text(path: str) -> IO[str]:
     """A text stream of ``path`` (gzip-decompressed for ``.gz``), UTF-8, universal newlines off."""
     raw = gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
@@ -106,7 +106,8 @@ def _header_difference(expected, received):
     return f"order {received} instead of {expected}"
 
 
-def csv_rows(files: Iterable[str], delimiter: str = ",", limit: Optional[int] = None):
+def csv_rows(files: Iterable[str], delimiter: str = ",",
+             limit: Optional[int] = None) -> Iterator[Tuple[str, int, List[str], List[str]]]:
     """Yields ``(path, line number, header, row)`` of CSV data rows (Python ``csv``; for sampling)."""
     count = 0
     for path in files:

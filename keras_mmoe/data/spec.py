@@ -200,6 +200,11 @@ class Spec:
         return Spec(data, self.features, self.tasks, self.model, self.train, self.base_dir, self.source)
 
 
+#: What :func:`load_spec` (and every function taking a ``spec``) accepts: a :class:`Spec`, a
+#: ``.toml`` / ``.json`` spec file, or a dict of its tables.
+SpecLike = Union[Spec, str, "os.PathLike[str]", dict]
+
+
 def _non_defaults(obj, default_obj):
     out = {}
     for f in fields(obj):
@@ -463,7 +468,7 @@ def parse_spec(tables: dict, *, base_dir: str = ".", source: str = "spec") -> Sp
     return Spec(data, features, tasks, model, train, base_dir=base_dir, source=source)
 
 
-def load_spec(source: Union[str, os.PathLike, dict], *, base_dir: Optional[str] = None) -> Spec:
+def load_spec(source: SpecLike, *, base_dir: Optional[str] = None) -> Spec:
     """Reads and checks a spec: a ``.toml`` or ``.json`` file, or a dict of its tables.
 
     Relative paths in the spec (file patterns, vocabulary files) are relative to ``base_dir``:

@@ -15,15 +15,15 @@ import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from keras_mmoe.data import files as _files
-from keras_mmoe.data.pipeline import HASH_BUCKETS, MISSING_ID, DataError, parsed_batches, resolve_source
+from keras_mmoe.data.pipeline import HASH_BUCKETS, MISSING_ID, DataError, Source, parsed_batches, resolve_source
 from keras_mmoe.data.pipeline import translate_error
-from keras_mmoe.data.spec import Spec, load_spec
+from keras_mmoe.data.spec import Spec, SpecLike, load_spec
 from keras_mmoe.features.split_tokens import split_tokens
 
 #: Rows per batch of the statistics pass.
@@ -247,7 +247,7 @@ class _Accumulator:
 
 
 def compute_statistics(
-    spec,
+    spec: SpecLike,
     *,
     batch_size: int = STATISTICS_BATCH_SIZE,
     progress: Optional[Callable[[int], None]] = None,
@@ -322,7 +322,8 @@ def compute_statistics(
     return stats
 
 
-def count_rows(spec, split: str = "validation", *, files=None, source=None,
+def count_rows(spec: SpecLike, split: str = "validation", *, files: Optional[Sequence[str]] = None,
+               source: Optional[Source] = None,
                batch_size: int = STATISTICS_BATCH_SIZE) -> tuple:
     """``(rows, bad rows)`` of a split (or of ``files``), checking every row like the statistics pass."""
     spec = load_spec(spec)

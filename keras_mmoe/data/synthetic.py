@@ -16,11 +16,14 @@ tasks. The paper's N(0, 0.01) noise is read as variance 0.01, i.e. ``noise_stdde
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from keras_mmoe._validation import check_correlation, check_positive_int
+
+if TYPE_CHECKING:  # TensorFlow is imported when a dataset is made
+    import tensorflow as tf
 
 
 @dataclass
@@ -42,7 +45,7 @@ class SyntheticData:
         """The model input dict ``{"features": x}``."""
         return {"features": self.x}
 
-    def dataset(self, batch_size: int = 256, shuffle: bool = True, seed: int = 0, repeat: bool = False):
+    def dataset(self, batch_size: int = 256, shuffle: bool = True, seed: int = 0, repeat: bool = False) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of ``({"features": x}, {task: y})`` batches."""
         import tensorflow as tf
 

@@ -9,7 +9,7 @@ from tensorflow.core.framework import summary_pb2
 
 from keras_mmoe._keras import keras
 from keras_mmoe.diagnostics.probe import build_gate_probe, num_task_experts, predict_gate_weights
-from keras_mmoe.diagnostics.stats import gate_statistics
+from keras_mmoe.diagnostics.stats import GateReport, gate_statistics
 
 #: Per-gate statistics recorded in ``GateDiagnostics.history``, each as an array (gates,) per epoch.
 _SCALARS = ("entropy", "utilization_entropy", "effective_experts", "effective_experts_per_example",
@@ -87,7 +87,7 @@ class GateDiagnostics(keras.callbacks.Callback):
         polarized_fraction: float = 0.5,
         unused_threshold: Optional[float] = None,
         verbose: bool = False,
-    ):
+    ) -> None:
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"`every` must be an integer >= 1, received: every={every!r}")
@@ -113,7 +113,7 @@ class GateDiagnostics(keras.callbacks.Callback):
         self._writer = None
 
     @property
-    def task_names(self):
+    def task_names(self) -> Optional[list]:
         """The gates' names (the name from MMoE, where each gate is a task's); None before a computation."""
         return self.gate_names
 
@@ -123,17 +123,17 @@ class GateDiagnostics(keras.callbacks.Callback):
             self._probe = (self.model, probe, target, path)
         return self._probe[1:]
 
-    def compute(self):
+    def compute(self) -> GateReport:
         """Runs the gates on ``data`` now and returns the :class:`GateReport` (records nothing)."""
         probe, target, path = self._ensure_probe()
         weights = predict_gate_weights(probe, target, self.data, steps=self.steps)
         return gate_statistics(weights, task_names=target.task_names, num_task_experts=num_task_experts(target),
                                layer_name=path, **self.thresholds)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
         self._ensure_probe()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         if epoch % self.every != 0:
             return
         report = self.compute()
@@ -162,7 +162,7 @@ class GateDiagnostics(keras.callbacks.Callback):
                              metadata=_TEXT_METADATA)
         self._writer.flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None

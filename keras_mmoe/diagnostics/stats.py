@@ -198,7 +198,7 @@ class GateReport:
             "tasks": {g.name: g.to_dict() for g in self.gates},
         }
 
-    def to_logs(self, prefix="gate") -> Dict[str, float]:
+    def to_logs(self, prefix: str = "gate") -> Dict[str, float]:
         """Flat ``{name: float}`` of the statistics, as the :class:`GateDiagnostics` callback logs them.
 
         Keys are ``<prefix>/<gate>/<statistic>`` for ``entropy``, ``utilization_entropy``,

@@ -73,7 +73,7 @@ def describe_signatures(export_dir: PathLike) -> Dict[str, Dict[str, Any]]:
 class OpCheck:
     """Result of :func:`check_serving_ops`: ``ops`` used, ``unregistered`` and ``denied`` ones."""
 
-    def __init__(self, ops: Iterable[str], unregistered: Iterable[str], denied: Iterable[str]):
+    def __init__(self, ops: Iterable[str], unregistered: Iterable[str], denied: Iterable[str]) -> None:
         self.ops = sorted(ops)
         self.unregistered = sorted(unregistered)
         self.denied = sorted(denied)

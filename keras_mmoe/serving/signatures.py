@@ -310,7 +310,7 @@ def output_names(model: "keras.Model") -> List[str]:
 class GateWeights:
     """Computes each task's gate weights of a model at serving time (see the module docstring)."""
 
-    def __init__(self, model: "keras.Model", all_output_names: Sequence[str]):
+    def __init__(self, model: "keras.Model", all_output_names: Sequence[str]) -> None:
         self.from_output = MODEL_GATE_WEIGHTS_OUTPUT in all_output_names
         layers = find_gated_layers(model)
         if len(layers) != 1:
@@ -325,7 +325,7 @@ class GateWeights:
     def names(self) -> List[str]:
         return [f"{task}{GATE_WEIGHTS_SUFFIX}" for task in self.task_names]
 
-    def split(self, weights) -> Dict[str, tf.Tensor]:
+    def split(self, weights: tf.Tensor) -> Dict[str, tf.Tensor]:
         """``{<task>_gate_weights: (batch, num_experts)}`` from weights (batch, tasks, experts)."""
         weights = tf.cast(weights, tf.float32)
         return {name: tf.identity(weights[:, k, :], name=name) for k, name in enumerate(self.names())}
@@ -346,7 +346,7 @@ class ServingFunctions:
         example_defaults: Union[None, str, Mapping[str, Any]] = None,
         allow_non_finite: Sequence[str] = (),
         example_separators: Optional[Mapping[str, str]] = None,
-    ):
+    ) -> None:
         self.model = model
         self.input_kind, entries = _named_inputs(model)
         self.input_specs = input_specs(model)

@@ -6,7 +6,7 @@ only the chief's copy is kept, in ``checkpoint_dir``, which every worker must be
 """
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow as tf
 
@@ -20,7 +20,7 @@ class Progress:
     ``global_step`` all steps done. Create it outside the strategy's scope: every process keeps its own.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -45,8 +45,8 @@ class TrainingCheckpoint:
         max_to_keep: checkpoints kept (the newest ones).
     """
 
-    def __init__(self, checkpoint_dir: str, model, optimizer, progress: Progress, *, is_chief: bool = True,
-                 task_name: str = "worker", max_to_keep: int = 2):
+    def __init__(self, checkpoint_dir: str, model: Any, optimizer: Any, progress: Progress, *, is_chief: bool = True,
+                 task_name: str = "worker", max_to_keep: int = 2) -> None:
         checkpoint_dir = os.fspath(checkpoint_dir)
         self.checkpoint_dir = checkpoint_dir if "://" in checkpoint_dir else os.path.abspath(checkpoint_dir)
         self.is_chief = is_chief

@@ -10,7 +10,7 @@ the ``worker`` and ``ps`` tasks of ``TF_CONFIG`` serve a ``tf.distribute.Server`
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
@@ -45,7 +45,7 @@ class Distribution:
         """Replicas whose gradients are summed each step (parameter-server: per worker step)."""
         return int(self.strategy.num_replicas_in_sync)
 
-    def scope(self):
+    def scope(self) -> Any:
         """The strategy's scope: create the model, the optimizer and the metrics in it."""
         return self.strategy.scope()
 
@@ -150,7 +150,8 @@ def serve(config: dict) -> None:
     server.join()
 
 
-def make_distribution(strategy: str = "none", *, devices: Optional[int] = None, log=None) -> Distribution:
+def make_distribution(strategy: str = "none", *, devices: Optional[int] = None,
+                      log: Optional[Callable[[str], None]] = None) -> Distribution:
     """Creates the strategy; call it first in the program (strategies set up devices and servers).
 
     Args:

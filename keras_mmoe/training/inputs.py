@@ -6,7 +6,7 @@ A dataset function is called once per input pipeline (one per worker) with a
 at least as many files as pipelines (:func:`shard_files`), else by data (``dataset.shard``).
 """
 
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +23,8 @@ def shard_files(files: Sequence[str], input_context: tf.distribute.InputContext)
 
 
 def in_memory_dataset_fn(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], global_batch_size: int,
-                         *, shuffle: bool = True, seed: int = 0):
+                         *, shuffle: bool = True,
+                         seed: int = 0) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """A dataset function over arrays: rows sharded by pipeline, shuffled (seeded), batched per replica.
 
     Example:

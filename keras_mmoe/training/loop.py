@@ -8,11 +8,12 @@ and checkpoints that a killed run resumes from. See the README's "Distributed tr
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
 from keras_mmoe._keras import keras
+from keras_mmoe.models.builders import TasksLike
 from keras_mmoe.models.tasks import normalize_tasks
 from keras_mmoe.training.checkpoints import Progress, TrainingCheckpoint
 from keras_mmoe.training.distribution import Distribution, make_distribution
@@ -309,13 +310,13 @@ def _check_int(name, value, minimum, allow_none=False):
 def fit(
     model_fn: Callable[[], Any],
     train_dataset_fn: DatasetFn,
-    tasks,
+    tasks: TasksLike,
     *,
     distribution: Optional[Distribution] = None,
     validation_dataset_fn: Optional[DatasetFn] = None,
     epochs: int = 1,
     steps_per_epoch: Optional[int] = None,
-    optimizer="adam",
+    optimizer: Union[str, Callable[[], Any]] = "adam",
     learning_rate: float = 1e-3,
     loss_weights: Optional[Mapping[str, float]] = None,
     checkpoint_dir: Optional[str] = None,

@@ -1,14 +1,15 @@
 """What a finished run leaves: the chief saves the ``.keras`` file and exports the SavedModel."""
 
-from typing import Optional
+from typing import Any, Optional
 
 from keras_mmoe.saving import load_keras_model, save_keras_model
 from keras_mmoe.serving import export_for_serving
+from keras_mmoe.training.loop import FitResult
 
 
-def save_and_export(result, keras_path: Optional[str] = None, export_dir: Optional[str] = None, *,
+def save_and_export(result: FitResult, keras_path: Optional[str] = None, export_dir: Optional[str] = None, *,
                     version: Optional[int] = None, overwrite: bool = False, delete_checkpoints: bool = True,
-                    **export_kwargs) -> Optional[str]:
+                    **export_kwargs: Any) -> Optional[str]:
     """On the chief: saves ``result.model`` to ``keras_path``, exports it to ``export_dir/<version>``
     (:func:`keras_mmoe.serving.export_for_serving`, which takes ``export_kwargs``), then removes
     the run's checkpoints. Other workers do nothing. Returns the export's version directory (None
