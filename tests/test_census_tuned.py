@@ -193,3 +193,13 @@ def test_command_line_refuses_flags_of_the_other_protocol_in_one_line(argv, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_load_refuses_files_that_are_not_a_tuned_study(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"settings": {"correlations": [0.5]}, "units_done": [], "runs": []}))
+    with pytest.raises(ValueError, match="other.json: not a tuned census study file"):
+        ct.load(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="other.json: not a readable study file"):
+        ct.load(path)

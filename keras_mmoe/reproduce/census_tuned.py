@@ -543,7 +543,9 @@ def to_markdown(record: dict) -> str:
                 cells = [f"MMoE − {paper.DISPLAY_NAMES.get(pair.split('-')[1], pair)}"]
                 for t in tasks:
                     x = d[t]
-                    cells += [f"{x['mean']:+.4f} [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}]", f"{x['mmoe_higher']}/{x['n']}"]
+                    ci = (f"[{x['ci_low']:+.4f}, {x['ci_high']:+.4f}]" if math.isfinite(x["ci_low"])
+                          else "[no interval]")
+                    cells += [f"{x['mean']:+.4f} {ci}", f"{x['mmoe_higher']}/{x['n']}"]
                     for source in ("mmoe_paper", "ple_paper"):
                         value = d["paper"].get(source, {}).get(t)
                         cells.append("-" if value is None else f"{value:+.4f}")
@@ -621,13 +623,17 @@ def plot_group(record: dict, group: int):
 
 
 def write_outputs(record: dict, out_dir: str) -> dict:
-    """Writes ``census_tuned.md`` and one figure per group (``census_tuned_group<G>.png``) into
-    ``out_dir``; the JSON is the study's own file (``record["path"]``). Returns the paths."""
+    """Writes ``census_tuned.md`` and one figure per group with final runs
+    (``census_tuned_group<G>.png``) into ``out_dir``; the JSON is the study's own file
+    (``record["path"]``). Returns the paths."""
     base = os.path.join(out_dir, NAME)
+    record = dict(record, summary=record.get("summary") or summarize(record))
     paths = {"markdown": report.write_text(base + ".md", to_markdown(record))}
     if record.get("path"):
         paths["json"] = record["path"]
     for group in record["settings"]["groups"]:
+        if not any(m.get("final") for m in record["summary"][f"group={group}"]["models"].values()):
+            continue
         path = f"{base}_group{group}.png"
         fig = plot_group(record, group)
         fig.savefig(path + ".tmp.png", dpi=110)
