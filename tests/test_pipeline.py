@@ -105,6 +105,21 @@ def test_batches_are_full_and_shuffling_is_bounded_and_seeded(tmp_path, table):
     np.testing.assert_array_equal(np.sort(first["income"]), np.sort(plain["income"]))
 
 
+def test_shuffle_permutes_each_window_of_shuffle_buffer_rows_anew_each_pass(tmp_path, table):
+    write_csv(str(tmp_path / "train-0.csv"), table)
+    spec = _spec(tmp_path, train=["train-0.csv"], validation_fraction=0.0, shuffle_buffer=40)
+    read = _collect(make_dataset(spec, "train", batch_size=64, shuffle=False))["income"]
+    dataset = make_dataset(spec, "train", batch_size=64, seed=5)
+    passes = [_collect(dataset)["income"] for _ in range(2)]  # two epochs of one dataset
+    for shuffled in passes:
+        assert len(shuffled) == N
+        for start in range(0, N, 40):  # the rows of each window of 40 stay in that window
+            np.testing.assert_array_equal(np.sort(shuffled[start:start + 40]), np.sort(read[start:start + 40]))
+        assert not np.array_equal(shuffled, read)
+    assert not np.array_equal(passes[0], passes[1])
+    np.testing.assert_array_equal(passes[0], _collect(make_dataset(spec, "train", batch_size=64, seed=5))["income"])
+
+
 def test_validation_split_is_a_deterministic_hash_of_the_row(tmp_path, table):
     write_csv(str(tmp_path / "train-0.csv"), table)
     spec = _spec(tmp_path, train=["train-0.csv"], validation_fraction=0.25)
