@@ -38,7 +38,7 @@ CYCLE_LENGTH = 8
 #: Rows a file reader hands to the interleave at once.
 READ_BLOCK = 256
 #: Rows parsed at once by :func:`make_dataset` (at least; more with a larger batch size): parsing
-#: 8192 rows at once took 10% less CPU than batches of 1024 on the benchmark table.
+#: 8192 rows at once took 9% less CPU than batches of 1024 on the benchmark table.
 PARSE_ROWS = 8192
 #: Records read per file (first files only) to learn the tf.Example value kinds of the labels.
 PROBE_RECORDS = 100
@@ -551,7 +551,7 @@ def _shuffle_windows(blocks, window, seed):
     """Rows in windows of ``window`` consecutive rows (as read), each window randomly permuted.
 
     The bounded shuffle: one permutation and one gather per window instead of a shuffle buffer
-    handling rows one by one (which took a third of the pipeline's CPU on the benchmark table).
+    handling rows one by one (which took over a quarter of the pipeline's CPU on the benchmark table).
     Each pass over the data draws new permutations; the sequence is fixed by ``seed``."""
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
 
