@@ -77,6 +77,8 @@ def _argument_type(check: Callable, parse: Callable, expected: str, name: str) -
 positive_int = _argument_type(_validation.check_positive_int, int, "a positive integer", "positive_int")
 #: ``>= 0`` integers: seeds.
 seed = _argument_type(_validation.check_seed, int, "a non-negative integer", "seed")
+#: ``>= 0`` integers: expert counts of CGC/PLE, --max-bad-rows.
+non_negative_int = _argument_type(_validation.check_non_negative_int, int, "a non-negative integer", "non_negative_int")
 #: floats in ``[0, 1)``: dropout rates.
 rate = _argument_type(_validation.check_rate, float, "a float in [0, 1)", "rate")
 #: floats ``> 0``: learning rates.

@@ -1,4 +1,4 @@
-"""``keras-mmoe evaluate``: per-task metrics of a saved model on the rows it held out.
+"""``keras-mmoe evaluate``: per-task metrics of a saved model on the rows it held out, or on your files.
 
 MODEL is a ``.keras`` file (or, under tf-keras, an ``.h5`` file) or an exported SavedModel
 version directory (``saved_models/<name>/<version>``, called through its ``serving_default``
@@ -14,11 +14,24 @@ prediction learned from the training labels (the training mean; the base rate), 
 ``--gates`` (Keras models) the gate diagnostics (every gate of an MMoE, CGC or PLE layer);
 ``--json PATH`` writes them.
 
+**Your own files.** A model trained with ``keras-mmoe train --spec`` carries its spec in its
+record; ``--spec FILE`` gives one (for a model without a record, or to read the files
+differently). ``--data FILES`` (patterns, relative to the current directory) are scored; without
+it, the spec's validation split (its ``validation`` files, or the ``validation_fraction`` of the
+train rows the model held out). Per task: AUC, cross-entropy and calibration (mean prediction /
+mean label) for binary tasks, RMSE and MAE in the label's units for regression tasks; with
+``--group-by COLUMN`` (a user or query id column of the files, not necessarily a feature) also
+GAUC: each group's AUC weighted by its rows, groups holding one class skipped and counted.
+``--max-bad-rows N`` skips up to N malformed rows (counted). A bad column, file or row is one line
+naming it, exit code 2.
+
 Example::
 
     keras-mmoe evaluate saved_models/mmoe_synthetic/1
     keras-mmoe evaluate saved_models/mmoe_synthetic.keras --gates --json results.json
     keras-mmoe evaluate census_export/1 --data-dir ~/data     # census settings from its record
+    keras-mmoe evaluate saved_models/ranker/1 --data "data/test-*.csv.gz" --group-by user_id
+    keras-mmoe evaluate ranker.keras --spec spec.toml --data data/test.csv --json scores.json
 """
 
 from __future__ import annotations
@@ -26,8 +39,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 
-from keras_mmoe.cli import sources
+from keras_mmoe.cli import common, sources
 from keras_mmoe.cli.common import CLIError, add_command, correlation, import_tensorflow, positive_int, say, seed
 
 
@@ -36,8 +50,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="per-task metrics (and gate diagnostics) of a .keras model or an exported SavedModel",
                     description=__doc__)
     p.add_argument("model", metavar="MODEL", help="a .keras file or an exported SavedModel version directory")
-    p.add_argument("--data", choices=sorted(sources.SOURCES), default=None,
-                   help="held-out data (default: the source in the model's training record)")
+    p.add_argument("--data", nargs="+", default=None, metavar="SOURCE|FILES",
+                   help=f"held-out data: a built-in source ({', '.join(sorted(sources.SOURCES))}; default: the source "
+                   "in the model's training record), or, for a model trained with a spec, file patterns to score "
+                   "(default: the spec's validation split)")
+    p.add_argument("--spec", default=None, metavar="FILE",
+                   help="the data spec the model was trained with (default: the one in its training record)")
+    p.add_argument("--group-by", default=None, metavar="COLUMN",
+                   help="spec models: also GAUC of binary tasks over the groups of this column (e.g. a user id)")
+    p.add_argument("--max-bad-rows", type=common.non_negative_int, default=None, metavar="N",
+                   help="spec models: skip up to N malformed rows (counted) and fail beyond (default: the spec's)")
     p.add_argument("--settings", default=None, metavar="FILE",
                    help="a training record to take the data settings from (default: the model's own)")
     p.add_argument("--samples", type=positive_int, default=None, help="synthetic rows (replaces the recorded value)")
@@ -142,6 +164,16 @@ def predict_saved_model(path: str, features: dict, batch_size: int) -> dict:
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
+#: Flags of the built-in data sources (not of a spec's files).
+_SOURCE_FLAGS = ("samples", "dim", "correlation", "seed", "group", "data_seed", "max_rows", "data_dir")
+#: Flags of spec models only.
+_SPEC_FLAGS = ("group_by", "max_bad_rows")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def run(args: argparse.Namespace) -> int:
     from keras_mmoe import saving
 
@@ -151,6 +183,16 @@ def run(args: argparse.Namespace) -> int:
     if args.gates and is_export:
         raise CLIError("--gates needs a .keras model (gate diagnostics read the model's MMoE, CGC or PLE layer)")
     record, where = find_record(path, kind, args.settings)
+    if args.spec is not None or (record or {}).get("data", {}).get("source") == "spec":
+        return run_spec(args, path, record, where)
+    given = [name for name in _SPEC_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise CLIError(f"{_flag(given[0])} applies to models trained on your own files: give --spec FILE")
+    if args.data is not None:
+        if len(args.data) != 1 or args.data[0] not in sources.SOURCES:
+            raise CLIError(f"--data takes a built-in source ({', '.join(sorted(sources.SOURCES))}) for this model, "
+                           f"received {' '.join(args.data)}; to score files, give the spec they follow (--spec FILE)")
+        args.data = args.data[0]
     recorded = recorded_data(record, where)
     source_name = args.data or (recorded["source"] if recorded else None)
     if source_name is None:
@@ -208,6 +250,78 @@ def run(args: argparse.Namespace) -> int:
         print(report.to_markdown())
         results["gates"] = report.to_dict()
 
+    print(json.dumps(results["tasks"], indent=1))
+    if args.json:
+        saving.write_json(args.json, json.loads(json.dumps(results, default=float)))
+        say(f"wrote {args.json}")
+    return 0
+
+
+# --- your own files: a spec ------------------------------------------------------------------
+
+
+def describe_spec_metrics(metrics: dict) -> str:
+    """One line of a task's metrics from :func:`keras_mmoe.workflow.evaluate`."""
+    if "auc" in metrics:
+        text = (f"AUC {metrics['auc']:.4f}, loss {metrics['loss']:.4f}, calibration {metrics['calibration']:.4f} "
+                "(mean prediction / mean label)")
+        if "gauc" in metrics:
+            text += (f", GAUC {metrics['gauc']:.4f} over {metrics['gauc_groups']} groups "
+                     f"({metrics['gauc_skipped_groups']} holding one class skipped)")
+        return text
+    return f"RMSE {metrics['rmse']:.4g}, MAE {metrics['mae']:.4g} (label units)"
+
+
+def run_spec(args: argparse.Namespace, path: str, record: dict | None, where: str | None) -> int:
+    """Scores a spec model on files (``keras_mmoe.workflow.evaluate``)."""
+    given = [name for name in _SOURCE_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise CLIError(f"{_flag(given[0])} applies to the built-in data sources; a spec model is scored on files "
+                       "(--data FILES)")
+    if args.spec is not None and not os.path.isfile(args.spec):
+        raise CLIError(f"spec file not found: {args.spec}")
+    import_tensorflow()
+    from keras_mmoe import saving, workflow
+    from keras_mmoe.data import load_spec
+
+    if args.spec is not None:
+        spec = load_spec(args.spec)
+    else:
+        spec = workflow.spec_from_record(record, where)
+        say(f"spec from the training record {where}")
+    if args.max_bad_rows is not None:
+        spec = spec.replace_data(max_bad_rows=args.max_bad_rows)
+    files = [os.path.abspath(os.path.expanduser(p)) for p in args.data] if args.data else None
+    task_names = [t.name for t in spec.tasks]
+    if args.tasks:
+        unknown = [t for t in args.tasks if t not in task_names]
+        if unknown:
+            raise CLIError(f"unknown task(s) {unknown} for --tasks; the spec's tasks are {task_names}")
+    what = f"{len(args.data)} pattern(s)" if files else "the spec's validation split"
+    say(f"scoring {path} on {what}" + (f", groups of {args.group_by!r}" if args.group_by else ""))
+    result = workflow.evaluate(path, spec, files, group_by=args.group_by, batch_size=args.batch_size)
+    tasks = list(args.tasks or task_names)
+    say(f"{result['rows']} rows of {len(result['files'])} file(s)"
+        + (f" ({result['bad_rows']} malformed rows skipped)" if result["bad_rows"] else ""))
+    results = {"model": path, "spec": spec.source, "files": result["files"], "rows": result["rows"],
+               "bad_rows": result["bad_rows"], "group_by": args.group_by,
+               "tasks": {t: result["tasks"][t] for t in tasks}}
+    for task in tasks:
+        say(f"{task}: {describe_spec_metrics(results['tasks'][task])}")
+    if args.gates:
+        from keras_mmoe.data import make_dataset
+        from keras_mmoe.diagnostics import diagnose
+
+        model = saving.load_keras_model(path)
+        try:
+            with warnings.catch_warnings():  # Keras 3 warns at the end of a dataset of unknown length
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                report = diagnose(model, make_dataset(spec, "validation", files=files, batch_size=args.batch_size,
+                                                      shuffle=False).map(lambda x, y: x))
+        except ValueError as error:
+            raise CLIError(f"gate diagnostics: {error}") from None
+        print(report.to_markdown())
+        results["gates"] = report.to_dict()
     print(json.dumps(results["tasks"], indent=1))
     if args.json:
         saving.write_json(args.json, json.loads(json.dumps(results, default=float)))

@@ -30,7 +30,7 @@ import sys
 from keras_mmoe.cli.common import CLIError, HelpFormatter, Parser, add_config_argument, apply_config_file, find_config_path
 
 #: Module names under keras_mmoe.cli, in the order `--help` lists them.
-COMMAND_MODULES = ("train", "evaluate", "export", "inspect", "reproduce")
+COMMAND_MODULES = ("train", "evaluate", "export", "inspect", "spec", "reproduce")
 
 #: Errors that come from what the user asked for, shown as one line: CLIError (the commands'
 #: own checks), ValueError (the library's argument and input checks, which name the argument or

@@ -28,6 +28,8 @@ FORMATS = ("csv", "tfrecord")
 ENCODINGS = ("embedding", "one_hot")
 COMBINERS = ("mean", "sum")
 CATEGORICAL_DTYPES = ("string", "int64")
+#: ``[train] mixed_precision``: the Keras dtype policy of the model's mixture layer and towers.
+MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")
 
 #: An int64 id of -1 means "missing": never in a vocabulary, it maps to the OOV index.
 MISSING_ID = -1
@@ -116,6 +118,8 @@ class TrainSpec:
     seed: int = 0
     out_dir: str = "saved_models"
     name: str = "model"
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
 
 
 @dataclass
@@ -179,7 +183,21 @@ class Spec:
         values.update(changes)
         reader = _Reader(self.source)
         train = reader.table("[train]", values, TrainSpec, _TRAIN_CHECKS)
+        train.learning_rate = float(train.learning_rate)
         return Spec(self.data, self.features, self.tasks, self.model, train, self.base_dir, self.source)
+
+    def replace_data(self, **changes: Any) -> "Spec":
+        """A copy whose ``[data]`` values are replaced (checked like the file's; e.g. ``max_bad_rows``)."""
+        unknown = sorted(set(changes) - {"max_bad_rows", "shuffle_buffer"})
+        if unknown:
+            raise ValueError(f"replace_data changes `max_bad_rows` and `shuffle_buffer`, received {unknown}")
+        reader = _Reader(self.source)
+        for key, value in changes.items():
+            reader.value("[data]", key, value, _DATA_CHECKS[key])
+        data = DataSpec(**{f.name: getattr(self.data, f.name) for f in fields(DataSpec)})
+        for key, value in changes.items():
+            setattr(data, key, value)
+        return Spec(data, self.features, self.tasks, self.model, self.train, self.base_dir, self.source)
 
 
 def _non_defaults(obj, default_obj):
@@ -279,6 +297,8 @@ _TRAIN_CHECKS = {
     "seed": _int_at_least(0),
     "out_dir": _string,
     "name": _name,
+    "mixed_precision": _choice(MIXED_PRECISION),
+    "jit_compile": _bool,
 }
 
 _COMMON_FEATURE_CHECKS = {"name": _name, "type": _choice(FEATURE_TYPES), "column": _string}
@@ -396,6 +416,9 @@ def _model(reader, table):
     reserved = sorted(set(table) & {"inputs", "tasks", "features", "output_scaling"})
     if reserved:
         reader.fail("[model]", f"{reserved} are set from the spec's features and tasks, not in [model]")
+    if "dtype" in table:
+        reader.fail("[model]", f"`dtype` is set by [train] mixed_precision ({' | '.join(MIXED_PRECISION)}), "
+                               f"received dtype = {table['dtype']!r}")
     return table
 
 

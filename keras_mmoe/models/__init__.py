@@ -18,6 +18,7 @@ from keras_mmoe.models.baselines import (
     build_l2_constrained,
     build_tensor_factorization,
     matched_budget_kwargs,
+    split_experts,
 )
 
 BUILDERS = {
@@ -52,4 +53,5 @@ __all__ += [
     "build_l2_constrained",
     "build_tensor_factorization",
     "matched_budget_kwargs",
+    "split_experts",
 ]

@@ -32,6 +32,7 @@ import math
 from typing import Callable, Mapping, Sequence
 
 from keras_mmoe._keras import keras
+from keras_mmoe import _validation
 from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cross_stitch import CrossStitch
 from keras_mmoe.layers.l2_tied_dense import L2TiedDense
@@ -243,6 +244,27 @@ def _closest(count, target, lo=1, hi=4096):
     return min(candidates, key=lambda s: abs(count(s) - target))
 
 
+def split_experts(num_experts: int, num_tasks: int, num_shared_experts: int | None = None) -> tuple:
+    """``(num_shared_experts, num_task_experts)``: CGC/PLE's split of MMoE's ``num_experts`` experts.
+
+    Half of them shared (at least one; or ``num_shared_experts`` when given), the rest split
+    evenly between the ``num_tasks`` tasks (at least one each): MMoE's 8 experts and two tasks
+    give 4 shared + 2 per task, the defaults of :func:`~keras_mmoe.models.build_ple`.
+    ``keras-mmoe train --model ple`` and a spec's ``architecture = "ple"`` use it for the expert
+    counts they are not given.
+
+    >>> split_experts(8, 2), split_experts(8, 3), split_experts(8, 2, num_shared_experts=2)
+    ((4, 2), (4, 1), (2, 3))
+    """
+    _utils.check_positive_int("num_experts", num_experts)
+    _utils.check_positive_int("num_tasks", num_tasks)
+    if num_shared_experts is None:
+        shared = max(1, num_experts // 2)
+    else:
+        shared = _validation.check_non_negative_int("num_shared_experts", num_shared_experts)
+    return shared, max(1, (num_experts - shared) // num_tasks)
+
+
 def matched_budget_kwargs(input_dim: int, num_tasks: int = 2, num_experts: int = 8, expert_units: int = 16,
                           tower_units: Sequence[int] = (8,)) -> dict:
     """Size arguments per builder name giving each about MMoE's trainable parameter count.
@@ -280,8 +302,8 @@ def matched_budget_kwargs(input_dim: int, num_tasks: int = 2, num_experts: int =
     )
     result["tensor_factorization"] = dict(hidden_units=(h,), ranks=(min(h, d), h, n), tower_units=tower)
     # CGC and PLE: MMoE's experts, half of them shared and the rest split between the tasks.
-    shared = max(1, num_experts // 2)
-    cgc = dict(num_shared_experts=shared, num_task_experts=max(1, (num_experts - shared) // n),
+    shared, own = split_experts(num_experts, n)
+    cgc = dict(num_shared_experts=shared, num_task_experts=own,
                expert_units=expert_units, tower_units=tower)
     result["cgc"] = cgc
     result["ple"] = dict(cgc, num_levels=2)

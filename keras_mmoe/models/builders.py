@@ -277,6 +277,7 @@ def build_ple(
     kernel_regularizer=None,
     return_gate_weights: bool = False,
     seed=None,
+    dtype=None,
     output_scaling=None,
     name: str = "ple",
 ):
@@ -295,6 +296,9 @@ def build_ple(
         return_gate_weights: add an output ``gate_weights`` (batch, tasks, num_task_experts +
             num_shared_experts): the last level's task gates, which feed the towers, own experts
             first (every gate of every level: ``model.get_layer("ple").gate_weights(...)``).
+        dtype: Keras dtype policy of the CGC/PLE layer and the towers' hidden layers, e.g.
+            ``"mixed_bfloat16"``; None uses the global policy. The outputs stay float32, as in
+            :func:`build_mmoe`.
         output_scaling: ``{regression task: (scale, offset)}``: outputs in the label's units
             from a tower trained on the standardized label (see :func:`build_towers`).
         Other arguments: see :class:`keras_mmoe.PLELayer` and :func:`build_towers`.
@@ -313,6 +317,7 @@ def build_ple(
         kernel_regularizer=kernel_regularizer,
         return_gate_weights=return_gate_weights,
         seed=seed,
+        dtype=dtype,
     )
     if num_levels is _CGC:
         layer, task_gates = CGCLayer(name="cgc", **layer_kwargs), TASK_GATES
@@ -320,7 +325,7 @@ def build_ple(
         layer = PLELayer(num_levels=num_levels, name="ple", **layer_kwargs)
         task_gates = f"level_{layer.num_levels - 1}_{TASK_GATES}"
     towers = dict(tower_units=tower_units, activation=tower_activation, kernel_regularizer=kernel_regularizer,
-                  dropout=tower_dropout, output_scaling=output_scaling)
+                  dropout=tower_dropout, dtype=dtype, output_scaling=output_scaling)
     return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, task_gates)
 
 
@@ -353,14 +358,20 @@ def build_shared_bottom(
     activation="relu",
     tower_dropout=0.0,
     kernel_regularizer=None,
+    dtype=None,
     output_scaling=None,
     name="shared_bottom",
 ):
-    """Shared-Bottom: one MLP bottom shared by all tasks, then one tower per task."""
+    """Shared-Bottom: one MLP bottom shared by all tasks, then one tower per task.
+
+    ``dtype``: Keras dtype policy of the bottom and the towers' hidden layers (e.g.
+    ``"mixed_bfloat16"``); the outputs stay float32, as in :func:`build_mmoe`.
+    """
     inputs, tasks, features = _resolve(inputs, tasks, features)
-    bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer)
+    bottom = _mlp(features, _utils.check_units("bottom_units", bottom_units), activation, "bottom", kernel_regularizer,
+                  dtype=dtype)
     outputs = build_towers({t: bottom for t in tasks}, tasks, tower_units, activation, kernel_regularizer, tower_dropout,
-                           output_scaling=output_scaling)
+                           dtype=dtype, output_scaling=output_scaling)
     return functional_model(inputs, outputs, name=name)
 
 
@@ -374,17 +385,19 @@ def build_single_task(
     activation="relu",
     tower_dropout=0.0,
     kernel_regularizer=None,
+    dtype=None,
     output_scaling=None,
     name="single_task",
 ):
     """Single-Task baseline: an independent network per task, sharing nothing but the inputs.
 
     Built as one model with a dict output so that it trains, evaluates and exports like the
-    others; no parameter is shared, so each task's gradients are its own.
+    others; no parameter is shared, so each task's gradients are its own. ``dtype``: Keras dtype
+    policy of the hidden and tower layers (e.g. ``"mixed_bfloat16"``); the outputs stay float32.
     """
     inputs, tasks, features = _resolve(inputs, tasks, features)
     units = _utils.check_units("hidden_units", hidden_units)
-    hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer) for t in tasks}
+    hidden = {t: _mlp(features, units, activation, f"{t}_hidden", kernel_regularizer, dtype=dtype) for t in tasks}
     outputs = build_towers(hidden, tasks, tower_units, activation, kernel_regularizer, tower_dropout,
-                           output_scaling=output_scaling)
+                           dtype=dtype, output_scaling=output_scaling)
     return functional_model(inputs, outputs, name=name)
