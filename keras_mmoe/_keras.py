@@ -11,6 +11,8 @@ The flavour is read from the classes ``tf.keras`` really holds, not from the mod
 ``tensorflow.keras`` whichever Keras it holds.
 """
 
+from typing import Any, Optional, TypeVar
+
 import tensorflow as tf
 
 #: True under Keras 3, False under tf-keras (``TF_USE_LEGACY_KERAS=1``).
@@ -26,19 +28,21 @@ else:
 #: Human-readable name of the Keras in use, for messages and reports.
 KERAS_FLAVOR = "keras3" if IS_KERAS_3 else "tf_keras"
 
+_T = TypeVar("_T")
 
-def register_serializable(cls):
+
+def register_serializable(cls: _T) -> _T:
     """Registers ``cls`` as ``keras_mmoe>ClassName`` so loading needs no ``custom_objects``."""
     return keras.utils.register_keras_serializable(package="keras_mmoe")(cls)
 
 
-def serialize(obj):
+def serialize(obj: Any) -> Optional[dict]:
     """Serializes a layer, initializer or regularizer into a config dict (None passes through)."""
     if obj is None:
         return None
     return keras.saving.serialize_keras_object(obj)
 
 
-def deserialize_layer(config):
+def deserialize_layer(config: Any) -> "keras.layers.Layer":
     """Rebuilds a layer (or model) from the output of :func:`serialize`."""
     return keras.layers.deserialize(config)

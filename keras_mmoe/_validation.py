@@ -7,21 +7,22 @@ positive integer, received: num_experts=0``. The command line wraps the same che
 """
 
 import re
+from typing import Any, List, Optional, Sequence, Tuple
 
 
-def check_positive_int(name, value):
+def check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
     return value
 
 
-def check_non_negative_int(name, value):
+def check_non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative integer, received: {name}={value!r}")
     return value
 
 
-def check_units(name, value):
+def check_units(name: str, value: Any) -> Tuple[int, ...]:
     """An int or a non-empty sequence of positive ints, returned as a tuple."""
     units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
     try:
@@ -38,7 +39,7 @@ def check_units(name, value):
     return units
 
 
-def check_hidden_units(name, value):
+def check_hidden_units(name: str, value: Any) -> Tuple[int, ...]:
     """A possibly empty sequence of positive ints, returned as a tuple."""
     if value is None:
         return ()
@@ -53,32 +54,32 @@ def check_hidden_units(name, value):
     return units
 
 
-def check_rate(name, value):
+def check_rate(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"`{name}` must be a float in [0, 1), received: {name}={value!r}")
     return float(value)
 
 
-def check_temperature(name, value):
+def check_temperature(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"`{name}` must be a float > 0, received: {name}={value!r}")
     return float(value)
 
 
-def check_seed(name, value):
+def check_seed(name: str, value: Any) -> Optional[int]:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValueError(f"`{name}` must be None or a non-negative integer, received: {name}={value!r}")
     return value
 
 
-def check_positive_float(name, value):
+def check_positive_float(name: str, value: Any) -> float:
     """A finite float > 0 (learning rates, scales)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ValueError(f"`{name}` must be a float > 0, received: {name}={value!r}")
     return float(value)
 
 
-def check_correlation(name, value):
+def check_correlation(name: str, value: Any) -> float:
     """A float in [-1, 1] (task correlations)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must be a float in [-1, 1], received: {name}={value!r}")
@@ -88,7 +89,7 @@ def check_correlation(name, value):
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def resolve_task_names(num_tasks, task_names):
+def resolve_task_names(num_tasks: Optional[int], task_names: Optional[Sequence[str]]) -> List[str]:
     """Task names from ``num_tasks`` and/or ``task_names`` (``task_0``, ``task_1``... by default)."""
     if task_names is None:
         if num_tasks is None:

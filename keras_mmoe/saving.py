@@ -20,7 +20,10 @@ import json
 import os
 import secrets
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the module itself imports no TensorFlow
+    from keras_mmoe._keras import keras
 
 #: File name of an export version's training record, inside its ``assets.extra/`` directory.
 METADATA_FILE = "keras_mmoe.json"
@@ -74,7 +77,7 @@ def model_format(path: str | os.PathLike) -> str:
     raise ValueError(f"{path} is not a Keras model: expected a .keras or .h5 file or a SavedModel directory")
 
 
-def load_keras_model(path: str | os.PathLike, *, compile: bool = False):
+def load_keras_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model:
     """Loads a saved Keras model with every keras_mmoe layer registered (no ``custom_objects``).
 
     ``path``: a ``.keras`` file; under tf-keras also an ``.h5`` file or a ``model.save(dir)``
@@ -113,7 +116,7 @@ def _write_atomically(path: str, write, suffix: str = "") -> str:
     return path
 
 
-def save_keras_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+def save_keras_model(model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False) -> str:
     """Saves ``model`` to the ``.keras`` file ``path``: written to a hidden sibling first and renamed
     into place, so ``path`` is never half-written. Raises FileExistsError when ``path`` exists and
     ``overwrite`` is False (before writing anything). Returns ``path``."""

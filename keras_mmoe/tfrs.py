@@ -37,6 +37,8 @@ if IS_KERAS_3:
         "(and `pip install keras-mmoe[tfrs]`)."
     )
 
+from typing import Any, Mapping, Optional, Sequence, Union  # noqa: E402
+
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
@@ -44,7 +46,7 @@ from keras_mmoe._keras import keras  # noqa: E402
 from keras_mmoe.models.tasks import normalize_tasks  # noqa: E402
 
 
-def ranking_task(name, kind):
+def ranking_task(name: str, kind: str) -> tfrs.tasks.Ranking:
     """The ``tfrs.tasks.Ranking`` of one task: its loss and metrics (names prefixed by the task)."""
     if kind == "binary":
         return tfrs.tasks.Ranking(
@@ -68,7 +70,13 @@ class MMoERankingModel(tfrs.models.Model):
         loss_weights: optional ``{task: weight}`` (default 1 for every task).
     """
 
-    def __init__(self, model, tasks, loss_weights=None, **kwargs):
+    def __init__(
+        self,
+        model: "keras.Model",
+        tasks: Union[Mapping[str, str], Sequence[Any]],
+        loss_weights: Optional[Mapping[str, float]] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise ValueError(f"`model` must be a tf-keras Model, received: {type(model).__name__}")
@@ -82,13 +90,13 @@ class MMoERankingModel(tfrs.models.Model):
         for name, kind in self.tasks.items():  # flat tracked attributes, one per task
             setattr(self, f"{name}_task", ranking_task(name, kind))
 
-    def task(self, name):
+    def task(self, name: str) -> tfrs.tasks.Ranking:
         """The ``tfrs.tasks.Ranking`` of task ``name``."""
         if name not in self.tasks:
             raise KeyError(f"Unknown task {name!r}; the tasks are {list(self.tasks)}")
         return getattr(self, f"{name}_task")
 
-    def call(self, features, training=False):
+    def call(self, features: Any, training: bool = False) -> Any:
         return self.model(features, training=training)
 
     def _split(self, inputs):
@@ -105,7 +113,7 @@ class MMoERankingModel(tfrs.models.Model):
             f"received {type(inputs).__name__}"
         )
 
-    def compute_loss(self, inputs, training=False):
+    def compute_loss(self, inputs: Any, training: bool = False) -> tf.Tensor:
         features, labels = self._split(inputs)
         predictions = self.model(features, training=training)
         missing = [name for name in self.tasks if name not in predictions]

@@ -33,6 +33,8 @@ Example::
     export_for_serving(model.model, "saved_models/census")
 """
 
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
 import tensorflow as tf
 
 from keras_mmoe._keras import IS_KERAS_3, deserialize_layer, keras, register_serializable, serialize
@@ -51,7 +53,7 @@ class UncertaintyWeighting(keras.layers.Layer):
     Returns the scalar weighted loss.
     """
 
-    def __init__(self, task_names, initial_log_variance=0.0, **kwargs):
+    def __init__(self, task_names: Sequence[str], initial_log_variance: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from keras_mmoe._validation import resolve_task_names
 
@@ -63,7 +65,7 @@ class UncertaintyWeighting(keras.layers.Layer):
                 f"`initial_log_variance` must be a number, received: initial_log_variance={initial_log_variance!r}"
             ) from None
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         self.log_variance = self.add_weight(
             name="log_variance",
             shape=(len(self.task_names),),
@@ -72,7 +74,7 @@ class UncertaintyWeighting(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, losses):
+    def call(self, losses: Union[Sequence[tf.Tensor], Mapping[str, tf.Tensor]]) -> tf.Tensor:
         if isinstance(losses, dict):
             unknown = sorted(set(losses) - set(self.task_names))
             if unknown:
@@ -84,12 +86,12 @@ class UncertaintyWeighting(keras.layers.Layer):
         stacked = tf.stack([tf.cast(l, tf.float32) for l in losses])
         return tf.reduce_sum(tf.exp(-s) * stacked + s)
 
-    def task_weights(self):
+    def task_weights(self) -> Dict[str, float]:
         """``{task: exp(-s_k)}`` as Python floats."""
         values = tf.exp(-tf.convert_to_tensor(self.log_variance)).numpy()
         return {name: float(v) for name, v in zip(self.task_names, values)}
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(task_names=list(self.task_names), initial_log_variance=self.initial_log_variance)
         return config
@@ -115,7 +117,13 @@ class UncertaintyWeightedModel(keras.Model):
     the training loss unweighted.
     """
 
-    def __init__(self, model, tasks, initial_log_variance=0.0, **kwargs):
+    def __init__(
+        self,
+        model: "keras.Model",
+        tasks: Union[Mapping[str, str], Sequence[Any]],
+        initial_log_variance: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(model, dict):
             model = deserialize_layer(model)
@@ -130,15 +138,22 @@ class UncertaintyWeightedModel(keras.Model):
         # Keras 3's trainer tracks the total "loss" itself; tf-keras reports compiled losses only.
         self.total_loss_tracker = None if IS_KERAS_3 else keras.metrics.Mean(name="loss")
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         if not self.weighting.built:
             self.weighting.build()
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         return self.model(inputs, training=training)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Optional[Mapping[str, tf.Tensor]] = None,
+        y_pred: Optional[Mapping[str, tf.Tensor]] = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> tf.Tensor:
         if not isinstance(y, dict) or not isinstance(y_pred, dict):
             raise ValueError(
                 "UncertaintyWeightedModel needs labels and outputs as dicts keyed by task name, received "
@@ -168,18 +183,18 @@ class UncertaintyWeightedModel(keras.Model):
         return total
 
     @property
-    def metrics(self):
+    def metrics(self) -> List["keras.metrics.Metric"]:
         own = self.task_loss_trackers + self.task_weight_trackers
         if self.total_loss_tracker is not None:
             own = [self.total_loss_tracker] + own
         base = [m for m in super().metrics if all(m is not o for o in own)]
         return base + own
 
-    def task_weights(self):
+    def task_weights(self) -> Dict[str, float]:
         """The learned ``{task: exp(-s_k)}``."""
         return self.weighting.task_weights()
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = {"name": self.name, "trainable": self.trainable}
         config.update(
             model=serialize(self.model),
@@ -189,7 +204,7 @@ class UncertaintyWeightedModel(keras.Model):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Dict[str, Any]) -> "UncertaintyWeightedModel":
         config = dict(config)
         config["model"] = deserialize_layer(config["model"])
         return cls(**config)

@@ -552,13 +552,15 @@ def test_wrong_inputs_raise_value_error_naming_them():
     with pytest.raises(ValueError, match="task and shared experts must output the same width"):
         CGCLayer(shared_experts=[keras.layers.Dense(3)], task_experts=[[keras.layers.Dense(2)]], num_tasks=1)(
             tf.ones((2, 4)))
-    # A batch mismatch only known at run time still fails, naming gate_inputs.
-    layer = CGCLayer(2, 1, 3, num_tasks=2)
-    layer(tf.ones((4, 5)), gate_inputs=tf.ones((4, 2)))
-    fn = tf.function(lambda a, b: layer(a, gate_inputs=b),
-                     input_signature=[tf.TensorSpec((None, 5)), tf.TensorSpec((None, 2))])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="gate_inputs"):
-        fn(tf.ones((4, 5)), tf.ones((3, 2)))
+    # A batch mismatch only known at run time still fails, naming gate_inputs: every time, not
+    # only when the graph happens to run the check before the gates and the mixture.
+    for layer in (CGCLayer(2, 1, 3, num_tasks=2), PLELayer(2, 2, 1, 3, num_tasks=2)):
+        layer(tf.ones((4, 5)), gate_inputs=tf.ones((4, 2)))
+        fn = tf.function(lambda a, b, layer=layer: layer(a, gate_inputs=b),
+                         input_signature=[tf.TensorSpec((None, 5)), tf.TensorSpec((None, 2))])
+        for _ in range(200):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="gate_inputs"):
+                fn(tf.ones((4, 5)), tf.ones((3, 2)))
 
 
 def test_public_api():

@@ -13,13 +13,16 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from typing import Optional
 
 
 class CorruptFileError(OSError):
     """A data file is not valid gzip, is truncated, or its content checksum does not match."""
 
 
-def read_gzip_verified(path, expected_sha256, expected_size=None, what=None):
+def read_gzip_verified(
+    path: str, expected_sha256: str, expected_size: Optional[int] = None, what: Optional[str] = None
+) -> bytes:
     """Decompresses the whole gzip file ``path`` and returns its bytes after checking them.
 
     Args:
@@ -59,7 +62,9 @@ def read_gzip_verified(path, expected_sha256, expected_size=None, what=None):
     return content
 
 
-def download_verified(url, destination, expected_sha256, expected_size=None, timeout=60):
+def download_verified(
+    url: str, destination: str, expected_sha256: str, expected_size: Optional[int] = None, timeout: float = 60
+) -> bytes:
     """Downloads ``url`` to ``destination`` only if its decompressed content checks out.
 
     The bytes go to a temporary file in the destination's directory, are verified with

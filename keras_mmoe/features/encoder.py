@@ -36,7 +36,7 @@ encoder model in ``dataset.map``), or use tf-keras, where both work.
 from __future__ import annotations
 
 import collections
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +44,9 @@ import tensorflow as tf
 from keras_mmoe._keras import keras
 from keras_mmoe._validation import check_positive_int
 from keras_mmoe.features.naming import sanitize_feature_names
+
+if TYPE_CHECKING:
+    from keras_mmoe.data.census import CensusData
 
 NOMINAL_ENCODINGS = ("one_hot", "embedding")
 _OOV_TOKEN = "[UNK]"
@@ -227,8 +230,8 @@ def build_feature_encoder(
     return inputs, encoded
 
 
-def census_feature_encoder(census_data, *, nominal_encoding: str = "one_hot", embedding_dim: int | dict = 8,
-                           **kwargs) -> tuple:
+def census_feature_encoder(census_data: CensusData, *, nominal_encoding: str = "one_hot", embedding_dim: int | dict = 8,
+                           **kwargs: Any) -> tuple:
     """:func:`build_feature_encoder` for a :class:`keras_mmoe.data.CensusData`, adapted on its train split.
 
     With the default one-hot encoding of the 31 nominal inputs, the encoded vector of the full

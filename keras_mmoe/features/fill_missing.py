@@ -1,5 +1,7 @@
 """FillMissing: replaces NaN (a missing number) by a fixed value, inside the model."""
 
+from typing import Any, Dict
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable
@@ -24,19 +26,19 @@ class FillMissing(keras.layers.Layer):
     >>> FillMissing(2.5)(tf.constant([[1.0], [float("nan")]]))   # [[1.0], [2.5]]
     """
 
-    def __init__(self, fill_value, **kwargs):
+    def __init__(self, fill_value: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)) or fill_value != fill_value \
                 or fill_value in (float("inf"), float("-inf")):
             raise ValueError(f"`fill_value` must be a finite number, received: fill_value={fill_value!r}")
         self.fill_value = float(fill_value)
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         x = tf.cast(inputs, tf.float32)
         return tf.where(tf.math.is_nan(x), tf.constant(self.fill_value, tf.float32), x)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "fill_value": self.fill_value}

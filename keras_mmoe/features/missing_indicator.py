@@ -1,5 +1,7 @@
 """MissingIndicator: 1.0 where a number is missing (NaN), else 0.0, inside the model."""
 
+from typing import Any
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable
@@ -19,8 +21,8 @@ class MissingIndicator(keras.layers.Layer):
     >>> MissingIndicator()(tf.constant([[1.0], [float("nan")]]))   # [[0.0], [1.0]]
     """
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return tf.cast(tf.math.is_nan(tf.cast(inputs, tf.float32)), tf.float32)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape

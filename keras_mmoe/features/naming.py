@@ -1,11 +1,12 @@
 """Feature names that are valid Keras layer names, SavedModel input names and TF Serving keys."""
 
 import re
+from typing import Dict, Iterable
 
 _INVALID = re.compile(r"[^0-9A-Za-z_]+")
 
 
-def sanitize_feature_name(name):
+def sanitize_feature_name(name: str) -> str:
     """Maps a raw feature name to a valid input / layer name.
 
     Every run of characters other than ASCII letters, digits and ``_`` (spaces, hyphens,
@@ -29,7 +30,7 @@ def sanitize_feature_name(name):
     return sanitized
 
 
-def sanitize_feature_names(names):
+def sanitize_feature_names(names: Iterable[str]) -> Dict[str, str]:
     """Sanitizes ``names``; returns ``{raw name: sanitized name}`` and rejects collisions."""
     mapping = {}
     seen = {}

@@ -22,6 +22,8 @@ the export arguments that keep the missing-value rules at serving time.
 from __future__ import annotations
 
 import math
+import os
+from typing import TYPE_CHECKING, Any, Dict, Tuple, Union
 
 from keras_mmoe._keras import keras
 from keras_mmoe.data.spec import MISSING_ID, load_spec
@@ -29,6 +31,10 @@ from keras_mmoe.features.fill_missing import FillMissing
 from keras_mmoe.features.missing_indicator import MissingIndicator
 from keras_mmoe.features.split_tokens import SplitTokens
 from keras_mmoe.features.token_pooling import TokenPooling
+
+if TYPE_CHECKING:
+    from keras_mmoe.data.spec import Spec
+    from keras_mmoe.data.statistics import Statistics
 
 #: The OOV token of the string lookups (a data value equal to it is out of vocabulary too).
 OOV_TOKEN = "[UNK]"
@@ -58,7 +64,9 @@ def _lookup(feature, fstats, mask):
     return layer, len(vocabulary) + 1 + (1 if mask else 0)
 
 
-def build_preprocessing(spec, statistics, *, name: str = "encoded_features"):
+def build_preprocessing(
+    spec: Union[Spec, str, os.PathLike, dict], statistics: Statistics, *, name: str = "encoded_features"
+) -> Tuple[Dict[str, Any], Any]:
     """The model's inputs and its dense feature vector, built from the spec and the train statistics.
 
     Args:
@@ -116,7 +124,7 @@ def build_preprocessing(spec, statistics, *, name: str = "encoded_features"):
     return inputs, encoded
 
 
-def label_scaling(spec, statistics) -> dict:
+def label_scaling(spec: Spec, statistics: Statistics) -> dict:
     """``{task: (std, mean)}`` of the regression tasks with ``normalize_label``: the model's
     ``output_scaling`` (its tower predicts the standardized label, its output is in label units)."""
     scaling = {}
@@ -128,7 +136,7 @@ def label_scaling(spec, statistics) -> dict:
     return scaling
 
 
-def serving_options(spec) -> dict:
+def serving_options(spec: Spec) -> dict:
     """Arguments of :func:`keras_mmoe.serving.export_for_serving` that keep the spec's rules at serving time.
 
     * ``example_defaults``: an absent ``tf.train.Example`` feature reads as missing: NaN for a

@@ -1,11 +1,13 @@
 """SplitTokens: a cell holding several tokens joined by a separator -> a padded row of tokens."""
 
+from typing import Any, Dict
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable
 
 
-def split_tokens(strings, separator):
+def split_tokens(strings: tf.Tensor, separator: str) -> tf.RaggedTensor:
     """Splits a ``(batch,)`` or ``(batch, 1)`` string tensor on ``separator``: a ragged ``(batch, None)``.
 
     Empty tokens (an empty cell, or ``a||b``) are dropped, so an empty cell is a bag of no token.
@@ -39,21 +41,21 @@ class SplitTokens(keras.layers.Layer):
     >>> SplitTokens("|")(tf.constant([["a|b"], [""]]))   # [[b"a", b"b"], [b"", b""]]
     """
 
-    def __init__(self, separator="|", **kwargs):
+    def __init__(self, separator: str = "|", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(separator, str) or not separator:
             raise ValueError(f"`separator` must be a non-empty string, received: separator={separator!r}")
         self.separator = separator
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         tokens = split_tokens(inputs, self.separator)
         dense = tokens.to_tensor(default_value="")
         # At least one column, so an all-empty batch still has shape (batch, 1).
         padding = tf.fill(tf.stack([tf.shape(dense)[0], tf.maximum(1 - tf.shape(dense)[1], 0)]), "")
         return tf.concat([dense, padding], axis=1)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> tuple:
         return (input_shape[0], None)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "separator": self.separator}

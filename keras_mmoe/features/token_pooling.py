@@ -1,5 +1,7 @@
 """TokenPooling: the mean or sum of the embeddings of a bag of tokens, padding excluded."""
 
+from typing import Any, Dict, Sequence
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable
@@ -30,13 +32,13 @@ class TokenPooling(keras.layers.Layer):
     >>> TokenPooling("sum")([e, t])   # [[2., 2., 2., 2.]]
     """
 
-    def __init__(self, combiner="mean", **kwargs):
+    def __init__(self, combiner: str = "mean", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if combiner not in COMBINERS:
             raise ValueError(f"`combiner` must be one of {COMBINERS}, received: combiner={combiner!r}")
         self.combiner = combiner
 
-    def call(self, inputs):
+    def call(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
         embeddings, indices = inputs
         mask = tf.cast(tf.not_equal(indices, 0), embeddings.dtype)[..., None]
         total = tf.reduce_sum(embeddings * mask, axis=1)
@@ -44,9 +46,9 @@ class TokenPooling(keras.layers.Layer):
             return total
         return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence[Any]) -> tuple:
         embeddings_shape = input_shape[0]
         return (embeddings_shape[0], embeddings_shape[-1])
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "combiner": self.combiner}

@@ -1,6 +1,7 @@
 """Small helpers shared by the layers: shape checks, per-copy initializers, Dense-style arguments."""
 
 import random
+from typing import Any, Dict, Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -14,8 +15,11 @@ from keras_mmoe._validation import (  # noqa: F401  (the layers' argument checks
     check_units,
 )
 
+#: A shape as Keras passes it to ``build``: a tuple under Keras 3, a ``tf.TensorShape`` under tf-keras.
+ShapeLike = Union[tf.TensorShape, Sequence[Optional[int]]]
 
-def check_rank2(layer, argument, shape):
+
+def check_rank2(layer: "keras.layers.Layer", argument: str, shape: ShapeLike) -> tf.TensorShape:
     """Raises a ValueError unless ``shape`` is (batch, features) with known features."""
     shape = tf.TensorShape(shape)
     if shape.rank != 2:
@@ -31,7 +35,7 @@ def check_rank2(layer, argument, shape):
     return shape
 
 
-def fresh_seed():
+def fresh_seed() -> int:
     """A random seed for when the user gave none (initial values still differ per copy).
 
     Drawn from Python's global ``random``, which ``keras.utils.set_random_seed`` seeds (as Keras
@@ -41,7 +45,7 @@ def fresh_seed():
     return random.randrange(2**31 - 1)
 
 
-def seeded_copy(initializer, seed):
+def seeded_copy(initializer: Any, seed: int) -> "keras.initializers.Initializer":
     """A copy of ``initializer`` with ``seed``, if it is a random initializer.
 
     Keras initializers (both Keras 3 and tf-keras) return the same values on every call
@@ -58,7 +62,7 @@ def seeded_copy(initializer, seed):
     return type(initializer).from_config(config)
 
 
-def base_seed(initializer, layer_seed):
+def base_seed(initializer: Any, layer_seed: Optional[int]) -> int:
     """The seed from which per-copy seeds are derived: the initializer's, the layer's, or random."""
     initializer = keras.initializers.get(initializer)
     own = initializer.get_config().get("seed")
@@ -76,18 +80,18 @@ class StackedInitializer:
     fan-out based initializers (Glorot, He) scale as they would for one expert alone.
     """
 
-    def __init__(self, initializer, count, axis, seed):
+    def __init__(self, initializer: Any, count: int, axis: int, seed: int) -> None:
         self.copies = [seeded_copy(initializer, seed + i) for i in range(count)]
         self.axis = axis
 
-    def __call__(self, shape, dtype=None, **kwargs):
+    def __call__(self, shape: Sequence[int], dtype: Any = None, **kwargs: Any) -> tf.Tensor:
         shape = list(shape)
         single = shape[: self.axis] + shape[self.axis + 1 :]
         values = [tf.convert_to_tensor(init(single, dtype=dtype)) for init in self.copies]
         return tf.stack(values, axis=self.axis)
 
 
-def in_training(training):
+def in_training(training: Union[bool, int, tf.Tensor, None]) -> Optional[bool]:
     """Python truth of Keras's ``training`` flag; a symbolic flag is resolved in the graph."""
     if training is None:
         return False
@@ -96,7 +100,7 @@ def in_training(training):
     return None  # a tensor: the caller uses smart_cond
 
 
-def build_sublayer(layer, input_shape):
+def build_sublayer(layer: "keras.layers.Layer", input_shape: ShapeLike) -> None:
     """Builds a tracked sub-layer under its own name scope.
 
     tf-keras names weights after the active name scope and opens none for an explicit
@@ -107,8 +111,15 @@ def build_sublayer(layer, input_shape):
         layer.build(input_shape)
 
 
-def set_dense_arguments(layer, activation, use_bias, kernel_initializer, bias_initializer,
-                        kernel_regularizer, bias_regularizer):
+def set_dense_arguments(
+    layer: "keras.layers.Layer",
+    activation: Any,
+    use_bias: bool,
+    kernel_initializer: Any,
+    bias_initializer: Any,
+    kernel_regularizer: Any,
+    bias_regularizer: Any,
+) -> None:
     """Stores the ``keras.layers.Dense``-style arguments on ``layer``, resolved to Keras objects."""
     layer.activation = keras.activations.get(activation)
     layer.use_bias = bool(use_bias)
@@ -118,7 +129,7 @@ def set_dense_arguments(layer, activation, use_bias, kernel_initializer, bias_in
     layer.bias_regularizer = keras.regularizers.get(bias_regularizer)
 
 
-def dense_arguments_config(layer):
+def dense_arguments_config(layer: "keras.layers.Layer") -> Dict[str, Any]:
     """The config entries of the arguments stored by :func:`set_dense_arguments`."""
     return dict(
         activation=keras.activations.serialize(layer.activation),

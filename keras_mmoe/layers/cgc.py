@@ -1,6 +1,6 @@
 """CGCLayer: Customized Gate Control, task-specific and shared experts (one level of PLE)."""
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -18,7 +18,7 @@ BANK_SEED_STRIDE = 10_007
 TASK_GATES, SHARED_GATE = "tasks", "shared"
 
 
-def check_expert_layers(name, experts):
+def check_expert_layers(name: str, experts: Any) -> List["keras.layers.Layer"]:
     """A non-empty list of Keras layers (serialized layers are rebuilt), else a ValueError naming ``name``."""
     if not isinstance(experts, (list, tuple)) or not experts:
         raise ValueError(f"`{name}` must be a non-empty list of Keras layers, received: {name}={experts!r}")
@@ -29,7 +29,7 @@ def check_expert_layers(name, experts):
     return experts
 
 
-def check_task_experts(task_experts, task_names):
+def check_task_experts(task_experts: Any, task_names: Sequence[str]) -> List[List["keras.layers.Layer"]]:
     """``task_experts``: one equally long list of Keras layers per task, else a ValueError."""
     if not isinstance(task_experts, (list, tuple)) or len(task_experts) != len(task_names):
         raise ValueError(
@@ -45,7 +45,9 @@ def check_task_experts(task_experts, task_names):
     return lists
 
 
-def split_shape(layer, argument, shape, count):
+def split_shape(
+    layer: "keras.layers.Layer", argument: str, shape: Any, count: int
+) -> Optional[List[tf.TensorShape]]:
     """``shape`` of one tensor, or of a list of ``count`` tensors, as a list of TensorShapes (or None: one tensor)."""
     if isinstance(shape, tf.TensorShape):
         return None
@@ -59,6 +61,18 @@ def split_shape(layer, argument, shape, count):
             )
         return [tf.TensorShape(s) for s in shape]
     return None
+
+
+def mix(weights: tf.Tensor, banks: Sequence[tf.Tensor]) -> tf.Tensor:
+    """``w S``: gate weights (batch, E_1 + ... + E_n) on the experts of ``banks``, each (batch, E_j, u).
+
+    Each bank's block of weights is applied to that bank's outputs and the n sums added, so
+    that the banks are never concatenated into one (batch, E, u) tensor (a copy, and in the
+    gradient a split, of every expert output for every gate).
+    """
+    sizes = [bank.shape[1] for bank in banks]
+    blocks = tf.split(weights, sizes, axis=1) if len(banks) > 1 else [weights]
+    return tf.add_n([tf.reduce_sum(w[:, :, None] * experts, axis=1) for w, experts in zip(blocks, banks)])
 
 
 @register_serializable
@@ -166,8 +180,8 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         kernel_regularizer: Any = None,
         bias_regularizer: Any = None,
         seed: Optional[int] = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.task_names = resolve_task_names(num_tasks, task_names)
         self.num_tasks = len(self.task_names)
@@ -280,12 +294,12 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         )
 
     @property
-    def banks(self):
+    def banks(self) -> List[ExpertBank]:
         """The expert banks in the shared gate's order: each task's, then the shared one."""
         return self.task_expert_banks + ([self.shared_expert_bank] if self.shared_expert_bank is not None else [])
 
     @property
-    def output_units(self):
+    def output_units(self) -> Optional[int]:
         """Width u of every output (known after build for custom experts)."""
         return self.banks[0].output_units
 
@@ -301,7 +315,11 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         shapes = [_utils.check_rank2(self, name, shape) for name, shape in zip(names, shapes)]
         return shapes[:-1], shapes[-1]
 
-    def build(self, inputs_shape, gate_inputs_shape=None):
+    def build(
+        self,
+        inputs_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]],
+        gate_inputs_shape: Optional[_utils.ShapeLike] = None,
+    ) -> None:
         task_shapes, shared_shape = self._input_shapes(inputs_shape)
         for bank, shape in zip(self.task_expert_banks, task_shapes):
             _utils.build_sublayer(bank, shape)
@@ -341,7 +359,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         """``(outputs, gate_weights)`` of the layer (see the class docstring)."""
         task_inputs, shared_input = self._split_inputs(inputs)
         if gate_inputs is not None:
-            self.check_gate_inputs(gate_inputs, shared_input)
+            gate_inputs = self.check_gate_inputs(gate_inputs, shared_input)
             gate_reads = [gate_inputs] * len(self.gates)
         else:
             gate_reads = (task_inputs + [shared_input])[: len(self.gates)]
@@ -349,24 +367,28 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
         task_out = [bank(x, training=training) for bank, x in zip(self.task_expert_banks, task_inputs)]
         shared_out = [] if self.shared_expert_bank is None else [self.shared_expert_bank(shared_input, training=training)]
         weights = [gate(x, training=training) for gate, x in zip(self.gates, gate_reads)]
-        outputs = []
-        for k in range(self.num_tasks):
-            experts = tf.concat(task_out[k : k + 1] + shared_out, axis=1)  # S^k: own experts, then shared
-            outputs.append(tf.einsum("be,beu->bu", weights[k], experts))
+        # S^k = own experts, then shared; S^s = every task's experts, then shared.
+        outputs = [mix(weights[k], task_out[k : k + 1] + shared_out) for k in range(self.num_tasks)]
         gate_weights = {TASK_GATES: tf.stack(weights[: self.num_tasks], axis=1)}
         if self.return_shared:
-            experts = tf.concat(task_out + shared_out, axis=1)  # S^s: every task's experts, then shared
-            outputs.append(tf.einsum("be,beu->bu", weights[-1], experts))
+            outputs.append(mix(weights[-1], task_out + shared_out))
             gate_weights[SHARED_GATE] = weights[-1]
         return outputs, gate_weights
 
-    def call(self, inputs, gate_inputs=None, training=None):
+    def call(
+        self,
+        inputs: Union[tf.Tensor, Sequence[tf.Tensor]],
+        gate_inputs: Optional[tf.Tensor] = None,
+        training: Optional[bool] = None,
+    ) -> Union[List[tf.Tensor], Tuple[List[tf.Tensor], Dict[str, tf.Tensor]]]:
         outputs, gate_weights = self._forward(inputs, gate_inputs, training)
         if self.return_gate_weights:
             return outputs, gate_weights
         return outputs
 
-    def gate_weights(self, inputs, gate_inputs=None) -> dict:
+    def gate_weights(
+        self, inputs: Union[tf.Tensor, Sequence[tf.Tensor]], gate_inputs: Optional[tf.Tensor] = None
+    ) -> Dict[str, tf.Tensor]:
         """The gates' softmax weights at inference (no expert dropout), for concrete tensors.
 
         Args:
@@ -383,7 +405,11 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
             self(inputs, gate_inputs=gate_inputs)
         return self._forward(inputs, gate_inputs, training=False)[1]
 
-    def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
+    def compute_output_shape(
+        self,
+        inputs_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]],
+        gate_inputs_shape: Optional[_utils.ShapeLike] = None,
+    ) -> Union[List[tuple], Tuple[List[tuple], Dict[str, tuple]]]:
         shapes = split_shape(self, "inputs", inputs_shape, self.num_tasks + 1)
         batch = tf.TensorShape(inputs_shape if shapes is None else shapes[-1])[0]
         outputs = [(batch, self.output_units)] * (self.num_tasks + int(self.return_shared))
@@ -394,7 +420,7 @@ class CGCLayer(GateInputsMixin, keras.layers.Layer):
             gate_weights[SHARED_GATE] = (batch, self.num_experts)
         return outputs, gate_weights
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         shared = self.shared_expert_bank
         custom_tasks = bool(self.task_expert_banks) and self.task_expert_banks[0].experts is not None

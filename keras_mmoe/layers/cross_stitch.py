@@ -1,5 +1,7 @@
 """CrossStitch: a learned linear mixing of the tasks' activations (Misra et al., CVPR 2016)."""
 
+from typing import Any, Dict, List, Sequence
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable, serialize
@@ -44,7 +46,7 @@ class CrossStitch(keras.layers.Layer):
     Learning", CVPR 2016; Ma et al., KDD 2018 (MMoE), section 6.3 baselines.
     """
 
-    def __init__(self, self_weight=0.9, alpha_regularizer=None, **kwargs):
+    def __init__(self, self_weight: float = 0.9, alpha_regularizer: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.self_weight = _check_self_weight(self_weight)
         self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
@@ -70,7 +72,7 @@ class CrossStitch(keras.layers.Layer):
                 )
         return shapes
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[_utils.ShapeLike]) -> None:
         shapes = self._check_shapes(input_shape)
         self.num_tasks = t = len(shapes)
         off = (1.0 - self.self_weight) / (t - 1)
@@ -89,7 +91,7 @@ class CrossStitch(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs: Sequence[tf.Tensor]) -> List[tf.Tensor]:
         inputs = list(inputs)
         if len(inputs) != self.num_tasks:
             raise ValueError(
@@ -100,10 +102,10 @@ class CrossStitch(keras.layers.Layer):
         mixed = tf.tensordot(tf.cast(self.alpha, dtype), stacked, axes=[[1], [0]])
         return tf.unstack(mixed, num=self.num_tasks, axis=0)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence[_utils.ShapeLike]) -> List[tuple]:
         return [tuple(tf.TensorShape(s).as_list()) for s in input_shape]
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(self_weight=self.self_weight, alpha_regularizer=serialize(self.alpha_regularizer))
         return config

@@ -1,5 +1,7 @@
 """ExpertBank: N experts computed at once, as stacked kernels or as user-given sub-networks."""
 
+from typing import Any, Dict, Optional, Sequence, Union
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable, serialize, deserialize_layer
@@ -71,19 +73,19 @@ class ExpertBank(keras.layers.Layer):
 
     def __init__(
         self,
-        num_experts=None,
-        units=None,
-        activation="relu",
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        experts=None,
-        seed=None,
-        implementation="auto",
-        **kwargs,
-    ):
+        num_experts: Optional[int] = None,
+        units: Union[int, Sequence[int], None] = None,
+        activation: Any = "relu",
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        experts: Optional[Sequence[Any]] = None,
+        seed: Optional[int] = None,
+        implementation: str = "auto",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
@@ -122,11 +124,11 @@ class ExpertBank(keras.layers.Layer):
         self.experts = list(experts) if experts is not None else None
 
     @property
-    def output_units(self):
+    def output_units(self) -> Optional[int]:
         """Width of each expert's output (known after build for custom experts)."""
         return self.units[-1] if self.units else None
 
-    def build(self, input_shape):
+    def build(self, input_shape: _utils.ShapeLike) -> None:
         shape = _utils.check_rank2(self, "inputs", input_shape)
         if self.experts is not None:
             widths = []
@@ -177,7 +179,7 @@ class ExpertBank(keras.layers.Layer):
         self.built = True
 
     @property
-    def deeper_layers(self):
+    def deeper_layers(self) -> str:
         """How the deeper layers are computed: ``"batched"`` or ``"per_expert"`` (``implementation`` resolved)."""
         if self.implementation != "auto":
             return self.implementation
@@ -199,7 +201,7 @@ class ExpertBank(keras.layers.Layer):
             return tf.reshape(self.activation(h), (-1, e, units))
         return self.activation(tf.reshape(h, (-1, e, units)))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
         if self.experts is not None:
             return tf.stack([expert(inputs, training=training) for expert in self.experts], axis=1)
         dtype = self.compute_dtype
@@ -230,11 +232,11 @@ class ExpertBank(keras.layers.Layer):
             h = tf.nn.bias_add(h, bias)
         return self.activation(h)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: _utils.ShapeLike) -> tuple:
         batch = tf.TensorShape(input_shape)[0]
         return (batch, self.num_experts, self.output_units)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(
             num_experts=self.num_experts,

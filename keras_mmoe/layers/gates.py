@@ -1,5 +1,7 @@
 """ExpertDropoutGate: a softmax gate over experts with expert dropout (the YouTube fix)."""
 
+from typing import Any, Dict, Optional, Sequence
+
 import tensorflow as tf
 
 from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable
@@ -58,19 +60,19 @@ class ExpertDropoutGate(keras.layers.Layer):
 
     def __init__(
         self,
-        num_experts,
-        rate=0.1,
-        temperature=1.0,
-        hidden_units=(),
-        activation="relu",
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        seed=None,
-        **kwargs,
-    ):
+        num_experts: int,
+        rate: float = 0.1,
+        temperature: float = 1.0,
+        hidden_units: Sequence[int] = (),
+        activation: Any = "relu",
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.num_experts = _utils.check_positive_int("num_experts", num_experts)
         self.rate = _utils.check_rate("rate", rate)
@@ -107,7 +109,7 @@ class ExpertDropoutGate(keras.layers.Layer):
             **dense_args,
         )
 
-    def build(self, input_shape):
+    def build(self, input_shape: _utils.ShapeLike) -> None:
         shape = _utils.check_rank2(self, "inputs", input_shape)
         for layer in self.hidden_layers:
             _utils.build_sublayer(layer, shape)
@@ -128,14 +130,14 @@ class ExpertDropoutGate(keras.layers.Layer):
             )
         self.built = True
 
-    def logits(self, inputs):
+    def logits(self, inputs: tf.Tensor) -> tf.Tensor:
         """Temperature-scaled logits, float32, shape (batch, num_experts)."""
         x = tf.cast(inputs, self.compute_dtype)
         for layer in self.hidden_layers:
             x = layer(x)
         return tf.cast(self.logits_layer(x), tf.float32) / self.temperature
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
         logits = self.logits(inputs)
         if self.rate > 0:
             training_now = _utils.in_training(training)
@@ -164,10 +166,10 @@ class ExpertDropoutGate(keras.layers.Layer):
         keep = tf.logical_or(keep, tf.logical_and(rescue, tf.logical_not(row_has_expert)))
         return tf.where(keep, logits, tf.fill(tf.shape(logits), float("-inf")))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: _utils.ShapeLike) -> tuple:
         return tuple(tf.TensorShape(input_shape)[:-1].as_list()) + (self.num_experts,)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(
             num_experts=self.num_experts,

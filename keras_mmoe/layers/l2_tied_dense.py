@@ -1,5 +1,7 @@
 """L2TiedDense: one Dense layer per task, softly tied by an L2 penalty (the L2-Constrained baseline)."""
 
+from typing import Any, Dict, List, Optional, Sequence, Union
+
 import tensorflow as tf
 
 from keras_mmoe._keras import keras, register_serializable
@@ -65,20 +67,20 @@ class L2TiedDense(keras.layers.Layer):
 
     def __init__(
         self,
-        units,
-        num_tasks,
-        l2_tie=1e-3,
-        penalty="pairwise",
-        tie_bias=True,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        seed=None,
-        **kwargs,
-    ):
+        units: int,
+        num_tasks: int,
+        l2_tie: float = 1e-3,
+        penalty: str = "pairwise",
+        tie_bias: bool = True,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.units = _utils.check_positive_int("units", units)
         self.num_tasks = _utils.check_positive_int("num_tasks", num_tasks)
@@ -111,7 +113,7 @@ class L2TiedDense(keras.layers.Layer):
             return dims.pop()
         return int(_utils.check_rank2(self, "inputs", input_shape)[-1])
 
-    def build(self, input_shape):
+    def build(self, input_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]]) -> None:
         in_dim = self._input_dim(input_shape)
         seed = _utils.base_seed(self.kernel_initializer, self.seed)
         self.kernel = self.add_weight(
@@ -132,7 +134,7 @@ class L2TiedDense(keras.layers.Layer):
             )
         self.built = True
 
-    def tie_penalty(self):
+    def tie_penalty(self) -> tf.Tensor:
         """The unscaled penalty (float32 scalar), from the layer's current weights."""
         weights = [self.kernel] + ([self.bias] if self.use_bias and self.tie_bias else [])
         total = tf.constant(0.0, tf.float32)
@@ -143,7 +145,7 @@ class L2TiedDense(keras.layers.Layer):
         # sum_{s<t} ||w_s - w_t||^2 = T * sum_t ||w_t - mean||^2
         return total * float(self.num_tasks) if self.penalty == "pairwise" else total
 
-    def call(self, inputs):
+    def call(self, inputs: Union[tf.Tensor, Sequence[tf.Tensor]]) -> List[tf.Tensor]:
         dtype = self.compute_dtype
         kernel = tf.cast(self.kernel, dtype)
         if isinstance(inputs, (list, tuple)):
@@ -162,7 +164,7 @@ class L2TiedDense(keras.layers.Layer):
             self.add_loss(self.l2_tie * self.tie_penalty())
         return tf.unstack(y, num=self.num_tasks, axis=0)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]]) -> List[tuple]:
         if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
             input_shape[0], (list, tuple, tf.TensorShape)
         ):
@@ -171,7 +173,7 @@ class L2TiedDense(keras.layers.Layer):
             batch = tf.TensorShape(input_shape)[0]
         return [(batch, self.units) for _ in range(self.num_tasks)]
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(
             units=self.units,

@@ -1,5 +1,7 @@
 """MMoELayer: shared experts with one softmax gate per task (MMoE) or one shared gate (OMoE)."""
 
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
 import tensorflow as tf
 
 from keras_mmoe._keras import IS_KERAS_3, keras, register_serializable, serialize
@@ -79,27 +81,27 @@ class MMoELayer(keras.layers.Layer):
 
     def __init__(
         self,
-        num_experts=None,
-        expert_units=None,
-        num_tasks=None,
-        task_names=None,
-        expert_activation="relu",
-        expert_dropout_rate=0.0,
-        gate_temperature=1.0,
-        gate_hidden_units=(),
-        shared_gate=False,
-        experts=None,
-        return_gate_weights=False,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        seed=None,
-        gate_use_bias=None,
-        expert_implementation="auto",
-        **kwargs,
-    ):
+        num_experts: Optional[int] = None,
+        expert_units: Union[int, Sequence[int], None] = None,
+        num_tasks: Optional[int] = None,
+        task_names: Optional[Sequence[str]] = None,
+        expert_activation: Any = "relu",
+        expert_dropout_rate: float = 0.0,
+        gate_temperature: float = 1.0,
+        gate_hidden_units: Sequence[int] = (),
+        shared_gate: bool = False,
+        experts: Optional[Sequence[Any]] = None,
+        return_gate_weights: bool = False,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        seed: Optional[int] = None,
+        gate_use_bias: Optional[bool] = None,
+        expert_implementation: str = "auto",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.task_names = resolve_task_names(num_tasks, task_names)
         self.num_tasks = len(self.task_names)
@@ -158,7 +160,7 @@ class MMoELayer(keras.layers.Layer):
             for g in range(num_gates)
         ]
 
-    def __call__(self, inputs, *args, **kwargs):
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         record_call(self, (inputs,) + args, kwargs)  # for keras_mmoe.layers.gating (gate weights in a model)
         # Keras 3 passes every call argument's shape to build(); tf-keras passes only the
         # first, so note the gate input's shape for build() before the first call.
@@ -167,7 +169,7 @@ class MMoELayer(keras.layers.Layer):
             self._gate_inputs_shape = None if gate_inputs is None else gate_inputs.shape
         return super().__call__(inputs, *args, **kwargs)
 
-    def build(self, inputs_shape, gate_inputs_shape=None):
+    def build(self, inputs_shape: _utils.ShapeLike, gate_inputs_shape: Optional[_utils.ShapeLike] = None) -> None:
         inputs_shape = _utils.check_rank2(self, "inputs", inputs_shape)
         _utils.build_sublayer(self.expert_bank, inputs_shape)
         if gate_inputs_shape is None:
@@ -179,19 +181,21 @@ class MMoELayer(keras.layers.Layer):
         self._gate_inputs_shape = None if gate_inputs_shape is None else tuple(gate_shape.as_list())
         self.built = True
 
-    def get_build_config(self):
+    def get_build_config(self) -> Optional[Dict[str, Any]]:
         # tf-keras rebuilds a loaded layer from the first input's shape only; keep the gates'.
         config = super().get_build_config()
         if config is not None and getattr(self, "_gate_inputs_shape", None) is not None:
             config["gate_inputs_shape"] = list(self._gate_inputs_shape)
         return config
 
-    def build_from_config(self, config):
+    def build_from_config(self, config: Dict[str, Any]) -> None:
         if config.get("gate_inputs_shape") is not None:
             self._gate_inputs_shape = tuple(config["gate_inputs_shape"])
         super().build_from_config(config)
 
-    def call(self, inputs, gate_inputs=None, training=None):
+    def call(
+        self, inputs: tf.Tensor, gate_inputs: Optional[tf.Tensor] = None, training: Optional[bool] = None
+    ) -> Union[List[tf.Tensor], Tuple[List[tf.Tensor], tf.Tensor]]:
         _utils.check_rank2(self, "inputs", inputs.shape)
         if gate_inputs is None:
             gate_inputs = inputs
@@ -225,7 +229,7 @@ class MMoELayer(keras.layers.Layer):
             return outputs, gate_weights
         return outputs
 
-    def gate_weights(self, inputs, gate_inputs=None):
+    def gate_weights(self, inputs: tf.Tensor, gate_inputs: Optional[tf.Tensor] = None) -> tf.Tensor:
         """The weights the gates put on the experts, in inference mode (no expert dropout).
 
         Takes the arguments of ``call`` and applies the layer's own gates to ``gate_inputs``
@@ -260,14 +264,16 @@ class MMoELayer(keras.layers.Layer):
             return tf.broadcast_to(weights[:, None, :], (tf.shape(weights)[0], self.num_tasks, self.num_experts))
         return tf.stack(per_gate, axis=1)
 
-    def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
+    def compute_output_shape(
+        self, inputs_shape: _utils.ShapeLike, gate_inputs_shape: Optional[_utils.ShapeLike] = None
+    ) -> Union[List[tuple], Tuple[List[tuple], tuple]]:
         batch = tf.TensorShape(inputs_shape)[0]
         outputs = [(batch, self.expert_bank.output_units) for _ in self.task_names]
         if self.return_gate_weights:
             return outputs, (batch, self.num_tasks, self.num_experts)
         return outputs
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         bank = self.expert_bank
         config.update(

@@ -1,6 +1,6 @@
 """PLELayer: Progressive Layered Extraction, a stack of CGC levels."""
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -99,8 +99,8 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
         kernel_regularizer: Any = None,
         bias_regularizer: Any = None,
         seed: Optional[int] = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.num_levels = _utils.check_positive_int("num_levels", num_levels)
         self.return_gate_weights = bool(return_gate_weights)
@@ -168,13 +168,13 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
         return experts
 
     @property
-    def output_units(self):
+    def output_units(self) -> Optional[int]:
         """Width u of every output (known after build for custom experts)."""
         return self.levels[-1].output_units
 
     # ----------------------------------------------------------------------------------- build
 
-    def build(self, inputs_shape, gate_inputs_shape=None):
+    def build(self, inputs_shape: _utils.ShapeLike, gate_inputs_shape: Optional[_utils.ShapeLike] = None) -> None:
         shape = _utils.check_rank2(self, "inputs", inputs_shape)
         gate_shape = self.gate_inputs_shape(gate_inputs_shape)
         level_shape = shape
@@ -190,7 +190,7 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
     def _forward(self, inputs, gate_inputs, training):
         _utils.check_rank2(self, "inputs", inputs.shape)
         if gate_inputs is not None:
-            self.check_gate_inputs(gate_inputs, inputs)
+            gate_inputs = self.check_gate_inputs(gate_inputs, inputs)
         x, gate_weights = inputs, {}
         for index, level in enumerate(self.levels):
             x, weights = level(x, gate_inputs=gate_inputs, training=training)
@@ -198,13 +198,15 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
                 gate_weights[f"level_{index}_{key}"] = value
         return x, gate_weights
 
-    def call(self, inputs, gate_inputs=None, training=None):
+    def call(
+        self, inputs: tf.Tensor, gate_inputs: Optional[tf.Tensor] = None, training: Optional[bool] = None
+    ) -> Union[List[tf.Tensor], Tuple[List[tf.Tensor], Dict[str, tf.Tensor]]]:
         outputs, gate_weights = self._forward(inputs, gate_inputs, training)
         if self.return_gate_weights:
             return outputs, gate_weights
         return outputs
 
-    def gate_weights(self, inputs, gate_inputs=None) -> dict:
+    def gate_weights(self, inputs: tf.Tensor, gate_inputs: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
         """The gates' softmax weights of every level at inference, for concrete tensors.
 
         Returns:
@@ -217,7 +219,9 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
             self(inputs, gate_inputs=gate_inputs)
         return self._forward(inputs, gate_inputs, training=False)[1]
 
-    def compute_output_shape(self, inputs_shape, gate_inputs_shape=None):
+    def compute_output_shape(
+        self, inputs_shape: _utils.ShapeLike, gate_inputs_shape: Optional[_utils.ShapeLike] = None
+    ) -> Union[List[tuple], Tuple[List[tuple], Dict[str, tuple]]]:
         batch = tf.TensorShape(inputs_shape)[0]
         outputs = [(batch, self.output_units)] * self.num_tasks
         if not self.return_gate_weights:
@@ -231,7 +235,7 @@ class PLELayer(GateInputsMixin, keras.layers.Layer):
                 gate_weights[f"level_{index}_{SHARED_GATE}"] = (batch, level.num_experts)
         return outputs, gate_weights
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         first = self.levels[0]
         config.update(

@@ -1,5 +1,7 @@
 """TensorFactorizedDense: per-task Dense layers whose stacked kernel is Tucker-factorized (Yang & Hospedales 2017)."""
 
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
 import numpy as np
 import tensorflow as tf
 
@@ -22,7 +24,7 @@ def _check_ranks(value):
     return ranks
 
 
-def hosvd(tensor, ranks):
+def hosvd(tensor: Any, ranks: Sequence[int]) -> Tuple[tf.Tensor, List[tf.Tensor]]:
     """Truncated higher-order SVD of a 3-way tensor: ``(core, [U_1, U_2, U_3])`` as float64 tensors.
 
     ``tensor ~= core x_1 U_1 x_2 U_2 x_3 U_3`` (exact when every rank is the mode's full rank).
@@ -89,18 +91,18 @@ class TensorFactorizedDense(keras.layers.Layer):
 
     def __init__(
         self,
-        units,
-        num_tasks,
-        ranks=None,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        seed=None,
-        **kwargs,
-    ):
+        units: int,
+        num_tasks: int,
+        ranks: Optional[Sequence[int]] = None,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.units = _utils.check_positive_int("units", units)
         self.num_tasks = _utils.check_positive_int("num_tasks", num_tasks)
@@ -128,11 +130,11 @@ class TensorFactorizedDense(keras.layers.Layer):
             return dims.pop()
         return int(_utils.check_rank2(self, "inputs", input_shape)[-1])
 
-    def full_ranks(self, input_dim):
+    def full_ranks(self, input_dim: int) -> Tuple[int, int, int]:
         d, u, t = input_dim, self.units, self.num_tasks
         return (min(d, u * t), min(u, d * t), min(t, d * u))
 
-    def build(self, input_shape):
+    def build(self, input_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]]) -> None:
         d = self._input_dim(input_shape)
         full = self.full_ranks(d)
         ranks = full if self.ranks is None else self.ranks
@@ -176,14 +178,14 @@ class TensorFactorizedDense(keras.layers.Layer):
             )
         self.built = True
 
-    def task_kernels(self):
+    def task_kernels(self) -> tf.Tensor:
         """The reconstructed per-task kernels, (T, d, u) float32 (for inspection and tests)."""
         return tf.einsum(
             "abc,da,ub,tc->tdu",
             *(tf.convert_to_tensor(w) for w in (self.core, self.input_factor, self.output_factor, self.task_factor)),
         )
 
-    def call(self, inputs):
+    def call(self, inputs: Union[tf.Tensor, Sequence[tf.Tensor]]) -> List[tf.Tensor]:
         dtype = self.compute_dtype
         u_in = tf.cast(self.input_factor, dtype)
         task_cores = tf.einsum("abc,tc->tab", tf.cast(self.core, dtype), tf.cast(self.task_factor, dtype))
@@ -202,7 +204,7 @@ class TensorFactorizedDense(keras.layers.Layer):
             y = y + tf.cast(self.bias, dtype)[:, None, :]
         return tf.unstack(self.activation(y), num=self.num_tasks, axis=0)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Union[_utils.ShapeLike, Sequence[_utils.ShapeLike]]) -> List[tuple]:
         if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
             input_shape[0], (list, tuple, tf.TensorShape)
         ):
@@ -211,7 +213,7 @@ class TensorFactorizedDense(keras.layers.Layer):
             batch = tf.TensorShape(input_shape)[0]
         return [(batch, self.units) for _ in range(self.num_tasks)]
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(
             units=self.units,

@@ -29,7 +29,7 @@ two tasks (numbers asserted in tests/test_baselines.py):
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from keras_mmoe._keras import keras
 from keras_mmoe import _validation
@@ -37,26 +37,34 @@ from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cross_stitch import CrossStitch
 from keras_mmoe.layers.l2_tied_dense import L2TiedDense
 from keras_mmoe.layers.tensor_factorization import TensorFactorizedDense
-from keras_mmoe.models.builders import _resolve, build_towers, check_output_scaling, functional_model
+from keras_mmoe.models.builders import (
+    InputsLike,
+    OutputScaling,
+    TasksLike,
+    _resolve,
+    build_towers,
+    check_output_scaling,
+    functional_model,
+)
 from keras_mmoe.models.tasks import output_activation
 
 
 def build_l2_constrained(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    hidden_units=(64,),
-    tower_units=(8,),
-    l2_tie=1e-3,
-    penalty="pairwise",
-    tie_bias=True,
-    activation="relu",
-    kernel_regularizer=None,
-    seed=None,
-    output_scaling=None,
-    name="l2_constrained",
-):
+    features: Any = None,
+    hidden_units: Union[int, Sequence[int]] = (64,),
+    tower_units: Sequence[int] = (8,),
+    l2_tie: float = 1e-3,
+    penalty: str = "pairwise",
+    tie_bias: bool = True,
+    activation: Any = "relu",
+    kernel_regularizer: Any = None,
+    seed: Optional[int] = None,
+    output_scaling: Optional[OutputScaling] = None,
+    name: str = "l2_constrained",
+) -> "keras.Model":
     """L2-Constrained baseline (Duong et al. 2015, as adapted in the MMoE paper).
 
     Every task has its own network ``f(x; theta_k)`` of the same shape as the Single-Task
@@ -98,19 +106,19 @@ def build_l2_constrained(
 
 
 def build_cross_stitch(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    hidden_units=(64,),
-    tower_units=(8,),
-    self_weight=0.9,
-    activation="relu",
-    tower_dropout=0.0,
-    kernel_regularizer=None,
-    output_scaling=None,
-    name="cross_stitch",
-):
+    features: Any = None,
+    hidden_units: Union[int, Sequence[int]] = (64,),
+    tower_units: Sequence[int] = (8,),
+    self_weight: float = 0.9,
+    activation: Any = "relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer: Any = None,
+    output_scaling: Optional[OutputScaling] = None,
+    name: str = "cross_stitch",
+) -> "keras.Model":
     """Cross-Stitch baseline (Misra et al. 2016): per-task hidden layers stitched after each layer.
 
     Each task ``t`` has its own Dense hidden layers ``{t}_hidden_{i}``; after hidden layer
@@ -137,20 +145,20 @@ def build_cross_stitch(
 
 
 def build_tensor_factorization(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    hidden_units=(64,),
-    tower_units=(8,),
-    ranks=None,
-    activation="relu",
-    tower_dropout=0.0,
-    kernel_regularizer=None,
-    seed=None,
-    output_scaling=None,
-    name="tensor_factorization",
-):
+    features: Any = None,
+    hidden_units: Union[int, Sequence[int]] = (64,),
+    tower_units: Sequence[int] = (8,),
+    ranks: Optional[Sequence[int]] = None,
+    activation: Any = "relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer: Any = None,
+    seed: Optional[int] = None,
+    output_scaling: Optional[OutputScaling] = None,
+    name: str = "tensor_factorization",
+) -> "keras.Model":
     """Tensor-Factorization baseline (Yang & Hospedales 2017, DMTRL-Tucker).
 
     Per-task hidden layers ``tf_hidden_{i}``, each a :class:`TensorFactorizedDense` whose
@@ -203,7 +211,7 @@ def _progressive_params(d, n, tower, num_levels, kwargs):
     return total + _tower_params(width, tower, n)
 
 
-def count_params_formula(kind: str, input_dim: int, num_tasks: int, **kwargs) -> int:
+def count_params_formula(kind: str, input_dim: int, num_tasks: int, **kwargs: Any) -> int:
     """Trainable parameters of ``BUILDERS[kind]`` with one hidden/bottom layer, without building it.
 
     Used by :func:`matched_budget_kwargs` to size the baselines; tests check it against
@@ -311,7 +319,7 @@ def matched_budget_kwargs(input_dim: int, num_tasks: int = 2, num_experts: int =
 
 
 def budget_table(input_dim: int = 499, tasks: Sequence[str] = ("income", "never_married"),
-                 builders: Mapping[str, Callable] | None = None, **kwargs) -> dict:
+                 builders: Mapping[str, Callable] | None = None, **kwargs: Any) -> dict:
     """``{name: (trainable_params, ratio_to_mmoe)}``, counted on built models sized by :func:`matched_budget_kwargs`."""
     from keras_mmoe.models import BUILDERS
 

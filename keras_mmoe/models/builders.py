@@ -15,7 +15,7 @@ binary tasks, linear for regression), computed in float32 under mixed precision.
 """
 
 import inspect
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +25,14 @@ from keras_mmoe.layers import CGCLayer, MMoELayer, PLELayer
 from keras_mmoe.layers import _utils
 from keras_mmoe.layers.cgc import TASK_GATES
 from keras_mmoe.models.tasks import normalize_tasks, output_activation
+
+#: A builder's ``inputs``: an int d (one float input ``features`` of shape (d,)), a ``keras.Input``, or a dict
+#: ``{name: keras.Input(..., name=name)}`` (Keras tensors are ``Any``: their class differs between the flavours).
+InputsLike = Union[int, Mapping[str, Any], Any]
+#: A builder's ``tasks``: ``{name: "binary" | "regression"}``, a list of names (binary) or of (name, kind) pairs.
+TasksLike = Union[Mapping[str, str], Sequence[Any]]
+#: ``output_scaling``: ``{regression task: (scale, offset)}``.
+OutputScaling = Dict[str, Sequence[float]]
 
 
 def functional_model(inputs: Mapping[str, Any], outputs: Any, name: Optional[str] = None) -> "keras.Model":
@@ -61,7 +69,7 @@ def functional_model(inputs: Mapping[str, Any], outputs: Any, name: Optional[str
     return keras.Model([inputs[key] for key in sorted(inputs)], outputs, name=name)
 
 
-def make_inputs(inputs):
+def make_inputs(inputs: InputsLike) -> Dict[str, Any]:
     """Normalizes ``inputs`` to a dict of named Keras inputs.
 
     ``inputs`` may be an int ``d`` (one float input ``features`` of shape (d,)), a single
@@ -80,7 +88,7 @@ def make_inputs(inputs):
     return {name.split(":")[0]: inputs}
 
 
-def default_features(inputs):
+def default_features(inputs: Mapping[str, Any]) -> Any:
     """The model's dense feature vector when no ``features`` tensor is given: the inputs concatenated."""
     tensors = [inputs[name] for name in sorted(inputs)]
     for name in sorted(inputs):
@@ -104,7 +112,9 @@ def _mlp(x, units, activation, prefix, kernel_regularizer=None, dropout=0.0, dty
     return x
 
 
-def check_output_scaling(output_scaling, tasks):
+def check_output_scaling(
+    output_scaling: Optional[OutputScaling], tasks: Mapping[str, str]
+) -> Dict[str, Tuple[float, float]]:
     """``{task: (scale, offset)}`` for regression tasks of ``tasks``, floats; ``{}`` for None."""
     if output_scaling is None:
         return {}
@@ -125,7 +135,7 @@ def check_output_scaling(output_scaling, tasks):
     return checked
 
 
-def task_output(x, name, kind, output_scaling=None):
+def task_output(x: Any, name: str, kind: str, output_scaling: Optional[Mapping[str, Sequence[float]]] = None) -> Any:
     """The output unit of task ``name``: Dense(1) with the task's activation, named ``name``, float32.
 
     With ``output_scaling[name] = (scale, offset)`` (regression), the Dense unit ``<name>_standardized``
@@ -139,8 +149,16 @@ def task_output(x, name, kind, output_scaling=None):
     return keras.layers.Rescaling(scale=scaling[0], offset=scaling[1], dtype="float32", name=name)(z)
 
 
-def build_towers(task_inputs, tasks, tower_units=(8,), activation="relu", kernel_regularizer=None, dropout=0.0,
-                 dtype=None, output_scaling=None):
+def build_towers(
+    task_inputs: Mapping[str, Any],
+    tasks: Mapping[str, str],
+    tower_units: Sequence[int] = (8,),
+    activation: Any = "relu",
+    kernel_regularizer: Any = None,
+    dropout: float = 0.0,
+    dtype: Any = None,
+    output_scaling: Optional[OutputScaling] = None,
+) -> Dict[str, Any]:
     """One tower per task on its input tensor; returns ``{task: output}``.
 
     The hidden layers compute under ``dtype`` (a Keras dtype policy name such as
@@ -165,29 +183,29 @@ def _resolve(inputs, tasks, features):
 
 
 def build_mmoe(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    gate_features=None,
-    num_experts=8,
-    expert_units=16,
-    tower_units=(8,),
-    expert_dropout_rate=0.0,
-    gate_temperature=1.0,
-    gate_hidden_units=(),
-    shared_gate=False,
-    expert_activation="relu",
-    tower_activation="relu",
-    tower_dropout=0.0,
-    kernel_regularizer=None,
-    return_gate_weights=False,
-    gate_use_bias=None,
-    seed=None,
-    dtype=None,
-    output_scaling=None,
-    name="mmoe",
-):
+    features: Any = None,
+    gate_features: Any = None,
+    num_experts: int = 8,
+    expert_units: Union[int, Sequence[int]] = 16,
+    tower_units: Sequence[int] = (8,),
+    expert_dropout_rate: float = 0.0,
+    gate_temperature: float = 1.0,
+    gate_hidden_units: Sequence[int] = (),
+    shared_gate: bool = False,
+    expert_activation: Any = "relu",
+    tower_activation: Any = "relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer: Any = None,
+    return_gate_weights: bool = False,
+    gate_use_bias: Optional[bool] = None,
+    seed: Optional[int] = None,
+    dtype: Any = None,
+    output_scaling: Optional[OutputScaling] = None,
+    name: str = "mmoe",
+) -> "keras.Model":
     """MMoE (or OMoE with ``shared_gate=True``): MMoELayer, then one tower per task.
 
     Args:
@@ -241,7 +259,7 @@ def _mixture_model(layer, inputs, tasks, features, gate_features, towers, return
     return functional_model(inputs, outputs, name=name)
 
 
-def build_omoe(inputs, tasks, **kwargs):
+def build_omoe(inputs: InputsLike, tasks: TasksLike, **kwargs: Any) -> "keras.Model":
     """One-gate Mixture-of-Experts: :func:`build_mmoe` with one gate shared by all tasks."""
     kwargs.setdefault("name", "omoe")
     return build_mmoe(inputs, tasks, shared_gate=True, **kwargs)
@@ -257,30 +275,30 @@ _CGC = object()  # build_ple's num_levels when build_cgc calls it: one level, as
 
 
 def build_ple(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    gate_features=None,
+    features: Any = None,
+    gate_features: Any = None,
     num_levels: int = 2,
     num_shared_experts: int = 4,
     num_task_experts: int = 2,
-    expert_units=16,
-    tower_units=(8,),
+    expert_units: Union[int, Sequence[int]] = 16,
+    tower_units: Sequence[int] = (8,),
     expert_dropout_rate: float = 0.0,
     gate_temperature: float = 1.0,
-    gate_hidden_units=(),
+    gate_hidden_units: Sequence[int] = (),
     gate_use_bias: Optional[bool] = None,
-    expert_activation="relu",
-    tower_activation="relu",
+    expert_activation: Any = "relu",
+    tower_activation: Any = "relu",
     tower_dropout: float = 0.0,
-    kernel_regularizer=None,
+    kernel_regularizer: Any = None,
     return_gate_weights: bool = False,
-    seed=None,
-    dtype=None,
-    output_scaling=None,
+    seed: Optional[int] = None,
+    dtype: Any = None,
+    output_scaling: Optional[OutputScaling] = None,
     name: str = "ple",
-):
+) -> "keras.Model":
     """PLE (Tang et al., RecSys 2020): a :class:`keras_mmoe.PLELayer` named ``ple``, then one tower per task.
 
     Each of the ``num_levels`` CGC levels gives task ``k``'s gate its ``num_task_experts`` own
@@ -329,7 +347,7 @@ def build_ple(
     return _mixture_model(layer, inputs, tasks, features, gate_features, towers, return_gate_weights, name, task_gates)
 
 
-def build_cgc(inputs, tasks, **kwargs):
+def build_cgc(inputs: InputsLike, tasks: TasksLike, **kwargs: Any) -> "keras.Model":
     """CGC (Tang et al., RecSys 2020): a :class:`keras_mmoe.CGCLayer` named ``cgc``, then one tower per task.
 
     The arguments of :func:`build_ple` but ``num_levels``; ``gate_weights`` (with
@@ -349,19 +367,19 @@ build_cgc.__signature__ = inspect.signature(build_ple).replace(parameters=[
 
 
 def build_shared_bottom(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    bottom_units=(113,),
-    tower_units=(8,),
-    activation="relu",
-    tower_dropout=0.0,
-    kernel_regularizer=None,
-    dtype=None,
-    output_scaling=None,
-    name="shared_bottom",
-):
+    features: Any = None,
+    bottom_units: Union[int, Sequence[int]] = (113,),
+    tower_units: Sequence[int] = (8,),
+    activation: Any = "relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer: Any = None,
+    dtype: Any = None,
+    output_scaling: Optional[OutputScaling] = None,
+    name: str = "shared_bottom",
+) -> "keras.Model":
     """Shared-Bottom: one MLP bottom shared by all tasks, then one tower per task.
 
     ``dtype``: Keras dtype policy of the bottom and the towers' hidden layers (e.g.
@@ -376,19 +394,19 @@ def build_shared_bottom(
 
 
 def build_single_task(
-    inputs,
-    tasks,
+    inputs: InputsLike,
+    tasks: TasksLike,
     *,
-    features=None,
-    hidden_units=(64,),
-    tower_units=(8,),
-    activation="relu",
-    tower_dropout=0.0,
-    kernel_regularizer=None,
-    dtype=None,
-    output_scaling=None,
-    name="single_task",
-):
+    features: Any = None,
+    hidden_units: Union[int, Sequence[int]] = (64,),
+    tower_units: Sequence[int] = (8,),
+    activation: Any = "relu",
+    tower_dropout: float = 0.0,
+    kernel_regularizer: Any = None,
+    dtype: Any = None,
+    output_scaling: Optional[OutputScaling] = None,
+    name: str = "single_task",
+) -> "keras.Model":
     """Single-Task baseline: an independent network per task, sharing nothing but the inputs.
 
     Built as one model with a dict output so that it trains, evaluates and exports like the

@@ -308,7 +308,7 @@ def grpc_predict_request(
     version: Optional[int] = None,
     *,
     export_dir: Optional[PathLike] = None,
-):
+) -> Any:
     """A gRPC ``tensorflow.serving.PredictRequest`` for raw named features.
 
     Each array becomes a ``TensorProto`` of its shape and dtype (``tf.make_tensor_proto``). TF
@@ -329,7 +329,7 @@ def grpc_examples_request(
     version: Optional[int] = None,
     *,
     export_dir: Optional[PathLike] = None,
-):
+) -> Any:
     """A gRPC ``PredictRequest`` for the ``predict_examples`` signature (1-D string tensor ``examples``).
 
     ``examples``: serialized examples, or a dict of arrays serialized by :func:`make_examples`
