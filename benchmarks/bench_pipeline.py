@@ -236,6 +236,26 @@ def fit(args):
             print(f"  repeat {repeat + 1} {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s "
                   f"(loss {history.history['loss'][-1]:.4f})", flush=True)
 
+    # Where the epoch waits: the same steps run one by one (train_on_batch), timing how long the
+    # loop blocks on the feed's next batch. Waiting stays near zero when the feed keeps ahead of
+    # the training, whatever else runs on the machine.
+    waits = {k: [] for k in feeds}
+    model.train_on_batch(*next(iter(in_memory())))  # trace train_on_batch's step
+    for repeat in range(args.repeats):
+        for name, make in feeds.items():
+            iterator = iter(make())
+            waited, start = 0.0, time.perf_counter()
+            while True:
+                before = time.perf_counter()
+                element = next(iterator, None)
+                waited += time.perf_counter() - before
+                if element is None:
+                    break
+                model.train_on_batch(*element)
+            waits[name].append(waited / (time.perf_counter() - start))
+            print(f"  stepwise {repeat + 1} {name}: waited for input {100 * waits[name][-1]:.1f}% of the epoch",
+                  flush=True)
+
     def ratio(values, reduce):
         return reduce(values["pipeline"]) / reduce(values["in_memory"])
 
@@ -246,7 +266,9 @@ def fit(args):
                       "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
                       "pipeline / in_memory: median wall": ratio(times, statistics.median),
                       "best wall": ratio(times, min), "median CPU": ratio(cpu, statistics.median),
-                      "paired wall ratios": [p / m for p, m in zip(times["pipeline"], times["in_memory"])]},
+                      "paired wall ratios": [p / m for p, m in zip(times["pipeline"], times["in_memory"])],
+                      "median share of the epoch waiting for input (stepwise)": {
+                          k: statistics.median(v) for k, v in waits.items()}},
                      indent=1))
 
 
