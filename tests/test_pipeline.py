@@ -341,6 +341,7 @@ def _set(example, key, **kind):
 @pytest.mark.parametrize("key, kind, message", [
     ("income", None, "record 7: feature 'income': missing value, and the feature has no `default` in the spec"),
     ("income", {"float_list": [1.0, 2.0]}, "record 7: feature 'income': expected one value, received 2"),
+    ("country", {"bytes_list": [b"US", b"JP", b"FR"]}, "record 7: feature 'country': expected one value, received 3"),
     ("clicked", {"int64_list": [3]}, "record 7: feature 'clicked' (label of task 'click'): a binary label must be 0 or 1, received '3"),
     ("clicked", None, "record 7: feature 'clicked' (label of task 'click'): missing label"),
     ("income", {"int64_list": [5]}, "record 7: feature 'income' (numeric) must be a float_list, received a int64_list"),
