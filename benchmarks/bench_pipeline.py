@@ -17,7 +17,7 @@ import argparse
 import gzip
 import json
 import os
-import resource
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +34,7 @@ NUMERIC = 10
 CATEGORICAL = 20
 CARDINALITIES = np.geomspace(10, 100_000, CATEGORICAL).round().astype(int)
 TOKENS = 1000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _columns():
@@ -180,10 +181,14 @@ def pipeline(args):
 
 
 def fit(args):
-    """(b) one training epoch fed by the pipeline vs by in-memory tensors (same rows, model, batch size).
+    """(b) one training epoch fed by the pipeline vs by in-memory tensors: the same compiled model,
+    batch size and number of steps.
 
-    The in-memory feed holds the pipeline's rows as whole batches (the last partial batch dropped), so
-    each step takes one slice: no parsing, no per-row work. The ratio compares time per row."""
+    The in-memory feed holds the pipeline's own output (parsed, checked ``(batch, 1)`` tensors, raw
+    as the model takes them) concatenated; each step slices one batch out of it: no reading, no
+    parsing, no per-row work. Both feeds yield the same element spec (batch dimension unknown), so
+    one traced train step serves both. Each feed runs ``full = rows // batch_size`` steps, so the
+    pipeline's last partial batch is left out on both sides."""
     import tensorflow as tf
 
     from keras_mmoe import workflow
@@ -195,7 +200,7 @@ def fit(args):
     stats = compute_statistics(spec)
     keras.utils.set_random_seed(0)
     model = workflow.compile_model(workflow.build_model(spec, stats), spec, stats)
-    # The in-memory copy: every batch the pipeline yields, concatenated, then sliced again.
+    # The in-memory copy: every batch the pipeline yields, concatenated.
     features, labels = {}, {}
     for f, l in make_dataset(spec, "train", shuffle=False):
         for k, v in f.items():
@@ -204,70 +209,151 @@ def fit(args):
             labels.setdefault(k, []).append(v)
     rows = sum(int(v.shape[0]) for v in labels["click"])
     batch = spec.train.batch_size
-    full = rows // batch  # whole batches only: one element per training step, no per-row work
-
-    def stack(parts):
-        return tf.reshape(tf.concat(parts, 0)[: full * batch], [full, batch, 1])
-
-    features = {k: stack(v) for k, v in features.items()}
-    labels = {k: stack(v) for k, v in labels.items()}
+    full = rows // batch
+    memory = ({k: tf.concat(v, 0) for k, v in features.items()}, {k: tf.concat(v, 0) for k, v in labels.items()})
 
     def in_memory():
-        return tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(full).prefetch(tf.data.AUTOTUNE)
+        def take(i):
+            return tf.nest.map_structure(lambda t: t[i * batch:(i + 1) * batch], memory)
 
-    feeds = {"pipeline": lambda: make_dataset(spec, "train"), "in_memory": in_memory}
-    model.fit(in_memory().take(5), epochs=1, verbose=0)  # trace the train step once
+        return tf.data.Dataset.range(full).shuffle(full).map(take).prefetch(tf.data.AUTOTUNE)
+
+    feeds = {"pipeline": lambda: make_dataset(spec, "train").take(full), "in_memory": in_memory}
+    specs = {name: make().element_spec for name, make in feeds.items()}
+    if specs["pipeline"] != specs["in_memory"]:
+        raise SystemExit(f"the feeds differ: {specs}")
+    for make in feeds.values():  # trace the train step (once: same element spec), warm the readers
+        model.fit(make().take(5), epochs=1, verbose=0)
     times = {k: [] for k in feeds}
     cpu = {k: [] for k in feeds}
     for repeat in range(args.repeats):
         for name, make in feeds.items():
             dataset = make()
             start, start_cpu = time.perf_counter(), time.process_time()
-            model.fit(dataset, epochs=1, verbose=0)
+            history = model.fit(dataset, epochs=1, verbose=0)
             times[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
-            print(f"  repeat {repeat + 1} {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s", flush=True)
-    n = {"pipeline": rows, "in_memory": full * batch}
+            print(f"  repeat {repeat + 1} {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s "
+                  f"(loss {history.history['loss'][-1]:.4f})", flush=True)
+
+    # Where the epoch waits: the same steps run one by one (train_on_batch), timing how long the
+    # loop blocks on the feed's next batch. Waiting stays near zero when the feed keeps ahead of
+    # the training, whatever else runs on the machine.
+    waits = {k: [] for k in feeds}
+    model.train_on_batch(*next(iter(in_memory())))  # trace train_on_batch's step
+    for repeat in range(args.repeats):
+        for name, make in feeds.items():
+            iterator = iter(make())
+            waited, start = 0.0, time.perf_counter()
+            while True:
+                before = time.perf_counter()
+                element = next(iterator, None)
+                waited += time.perf_counter() - before
+                if element is None:
+                    break
+                model.train_on_batch(*element)
+            waits[name].append(waited / (time.perf_counter() - start))
+            print(f"  stepwise {repeat + 1} {name}: waited for input {100 * waits[name][-1]:.1f}% of the epoch",
+                  flush=True)
 
     def ratio(values, reduce):
-        return (reduce(values["pipeline"]) / n["pipeline"]) / (reduce(values["in_memory"]) / n["in_memory"])
+        return reduce(values["pipeline"]) / reduce(values["in_memory"])
 
-    print(json.dumps({"rows": n, "params": model.count_params(),
+    print(json.dumps({"rows_per_epoch": full * batch, "steps": full, "batch_size": batch,
+                      "params": model.count_params(),
                       "median_s": {k: statistics.median(v) for k, v in times.items()},
                       "min_s": {k: min(v) for k, v in times.items()},
                       "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
-                      "pipeline / in_memory per row: median wall": ratio(times, statistics.median),
-                      "best wall": ratio(times, min), "median CPU": ratio(cpu, statistics.median)}, indent=1))
+                      "pipeline / in_memory: median wall": ratio(times, statistics.median),
+                      "best wall": ratio(times, min), "median CPU": ratio(cpu, statistics.median),
+                      "paired wall ratios": [p / m for p, m in zip(times["pipeline"], times["in_memory"])],
+                      "median share of the epoch waiting for input (stepwise)": {
+                          k: statistics.median(v) for k, v in waits.items()}},
+                     indent=1))
 
 
 def train_rss(args):
-    """workflow.train on a spec (one epoch) in this process; prints the peak RSS."""
+    """workflow.train on a spec (one epoch) in this process: the stand-in for ``keras-mmoe train --spec``."""
     import tempfile
 
     from keras_mmoe import workflow
-    from keras_mmoe.data import load_spec
 
-    spec = load_spec(args.spec)
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        result = workflow.train(spec, out_dir=out, name="bench", log=lambda m: print(m, flush=True))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"spec": args.spec, "rows": result.statistics.rows, "seconds": time.perf_counter() - start,
-                      "peak_rss_mib": peak_mib}))
+        workflow.train(args.spec, out_dir=out, name="bench", epochs=1, log=lambda m: print(m, flush=True))
+
+
+def _vm_rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _run_measured(argv, env):
+    """Runs ``argv``; returns (seconds, peak RSS MiB from wait4, {log line: sampled peak MiB while it was
+    the last line}, output). The kernel's peak (ru_maxrss of the child) is the figure; the sampled
+    one (every 0.1 s) only says in which step the peak came."""
+    import threading
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, phase, peaks = [], ["(start-up)"], {}
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            kib = _vm_rss_kib(proc.pid)
+            peaks[phase[0]] = max(peaks.get(phase[0], 0), kib / 1024)
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for line in proc.stdout:
+        lines.append(line)
+        text = line.strip()
+        if text and not re.match(r"[IWEF]\d{4} |WARNING: All log messages", text):
+            phase[0] = text[:70]
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n" + "".join(lines)[-3000:])
+    return seconds, usage.ru_maxrss / 1024, peaks, "".join(lines)
 
 
 def rss(args):
-    """(c) peak RSS of training at each spec's size, each in a fresh process."""
+    """(c) peak RSS of training (one epoch) at each spec's size, each in a fresh process, alternating."""
+    import tempfile
+
     print(_machine())
-    results = []
-    for spec in args.spec:
-        proc = subprocess.run([sys.executable, __file__, "train-rss", "--spec", spec], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(proc.stderr[-3000:])
-        print(proc.stdout.strip().splitlines()[-1], flush=True)
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    if len(results) == 2:
-        print(f"peak RSS ratio: {results[1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.3f}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    results = {spec: [] for spec in args.spec}
+    for repeat in range(args.repeats):
+        for spec in args.spec:
+            with tempfile.TemporaryDirectory() as out:
+                if args.via == "cli":
+                    argv = [sys.executable, "-m", "keras_mmoe.cli.main", "train", "--spec", spec,
+                            "--epochs", "1", "--out-dir", out]
+                else:
+                    argv = [sys.executable, __file__, "train-rss", "--spec", spec]
+                seconds, peak, phases, output = _run_measured(argv, env)
+            rows = re.search(r"train: \d+ file\(s\), (\d+) rows", output)
+            result = {"spec": spec, "via": args.via, "train_rows": int(rows.group(1)) if rows else None,
+                      "seconds": round(seconds, 1), "peak_rss_mib": round(peak, 1),
+                      "sampled_peak_mib_by_step": {k: round(v) for k, v in phases.items()}}
+            results[spec].append(result)
+            print(json.dumps(result, indent=1), flush=True)
+    peaks = [statistics.median(r["peak_rss_mib"] for r in results[spec]) for spec in args.spec]
+    print(json.dumps({"median_peak_rss_mib": dict(zip(args.spec, peaks))}, indent=1))
+    if len(peaks) == 2:
+        print(f"peak RSS ratio (second / first): {peaks[1] / peaks[0]:.3f}")
 
 
 def main():
@@ -293,6 +379,9 @@ def main():
     p.set_defaults(func=train_rss)
     p = sub.add_parser("rss")
     p.add_argument("--spec", action="append", required=True)
+    p.add_argument("--via", choices=("cli", "workflow"), default="cli",
+                   help="cli: `python -m keras_mmoe.cli.main train --spec`; workflow: keras_mmoe.workflow.train")
+    p.add_argument("--repeats", type=int, default=1)
     p.set_defaults(func=rss)
     args = parser.parse_args()
     args.func(args)

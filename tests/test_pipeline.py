@@ -105,6 +105,21 @@ def test_batches_are_full_and_shuffling_is_bounded_and_seeded(tmp_path, table):
     np.testing.assert_array_equal(np.sort(first["income"]), np.sort(plain["income"]))
 
 
+def test_shuffle_permutes_each_window_of_shuffle_buffer_rows_anew_each_pass(tmp_path, table):
+    write_csv(str(tmp_path / "train-0.csv"), table)
+    spec = _spec(tmp_path, train=["train-0.csv"], validation_fraction=0.0, shuffle_buffer=40)
+    read = _collect(make_dataset(spec, "train", batch_size=64, shuffle=False))["income"]
+    dataset = make_dataset(spec, "train", batch_size=64, seed=5)
+    passes = [_collect(dataset)["income"] for _ in range(2)]  # two epochs of one dataset
+    for shuffled in passes:
+        assert len(shuffled) == N
+        for start in range(0, N, 40):  # the rows of each window of 40 stay in that window
+            np.testing.assert_array_equal(np.sort(shuffled[start:start + 40]), np.sort(read[start:start + 40]))
+        assert not np.array_equal(shuffled, read)
+    assert not np.array_equal(passes[0], passes[1])
+    np.testing.assert_array_equal(passes[0], _collect(make_dataset(spec, "train", batch_size=64, seed=5))["income"])
+
+
 def test_validation_split_is_a_deterministic_hash_of_the_row(tmp_path, table):
     write_csv(str(tmp_path / "train-0.csv"), table)
     spec = _spec(tmp_path, train=["train-0.csv"], validation_fraction=0.25)
@@ -326,6 +341,7 @@ def _set(example, key, **kind):
 @pytest.mark.parametrize("key, kind, message", [
     ("income", None, "record 7: feature 'income': missing value, and the feature has no `default` in the spec"),
     ("income", {"float_list": [1.0, 2.0]}, "record 7: feature 'income': expected one value, received 2"),
+    ("country", {"bytes_list": [b"US", b"JP", b"FR"]}, "record 7: feature 'country': expected one value, received 3"),
     ("clicked", {"int64_list": [3]}, "record 7: feature 'clicked' (label of task 'click'): a binary label must be 0 or 1, received '3"),
     ("clicked", None, "record 7: feature 'clicked' (label of task 'click'): missing label"),
     ("income", {"int64_list": [5]}, "record 7: feature 'income' (numeric) must be a float_list, received a int64_list"),
