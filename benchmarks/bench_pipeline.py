@@ -1,10 +1,15 @@
 """The spec pipeline on a ranking-like table: throughput, training feed, peak memory.
 
-    python benchmarks/bench_pipeline.py write --rows 200000 --shards 8 --out /tmp/rank200k
-    python benchmarks/bench_pipeline.py pipeline --data /tmp/rank200k          # (a) rows/s, CSV and TFRecord
-    python benchmarks/bench_pipeline.py fit --data /tmp/rank200k               # (b) epoch: pipeline vs in-memory
-    python benchmarks/bench_pipeline.py write --rows 5000000 --shards 20 --out /tmp/rank5m --formats csv
-    python benchmarks/bench_pipeline.py rss --spec /tmp/rank1m/spec-csv.toml --spec /tmp/rank5m/spec-csv.toml  # (c)
+    python benchmarks/bench_pipeline.py write --rows 200000 --shards 8 --out DATA/rank200k
+    python benchmarks/bench_pipeline.py pipeline --data DATA/rank200k          # (a) rows/s, CSV and TFRecord
+    python benchmarks/bench_pipeline.py fit --data DATA/rank200k [--format tfrecord]  # (b) epoch: pipeline vs in-memory
+    python benchmarks/bench_pipeline.py write --rows 1000000 --shards 4 --out DATA/rank1m --formats csv
+    python benchmarks/bench_pipeline.py write --rows 5000000 --shards 20 --out DATA/rank5m --formats csv
+    python benchmarks/bench_pipeline.py rss --spec DATA/rank1m/spec-csv.toml --spec DATA/rank5m/spec-csv.toml  # (c)
+
+(c) runs ``python -m keras_mmoe.cli.main train --spec SPEC --epochs 1 --out-dir TMP`` in a fresh
+process per spec (``--via workflow``: ``keras_mmoe.workflow.train`` instead) and reads the
+process's peak RSS from the kernel when it ends. Keep DATA outside the repository.
 
 The table: 10 numeric columns (3 with 5% empty cells), 20 categorical columns with cardinalities
 10 ... 100,000 (geometric; skewed draws; 2% empty), 1 multi-valued column (0-5 tokens of 1,000,
