@@ -56,7 +56,7 @@ class DataSpec:
     delimiter: str = ","
     validation_fraction: float = 0.1
     max_bad_rows: int = 0
-    shuffle_buffer: int = 10_000
+    shuffle_buffer: int = 10_000  # rows: the train rows are shuffled within windows of this many, as read
 
 
 @dataclass
