@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from keras_mmoe.data import files as _files
-from keras_mmoe.data.spec import MISSING_ID, Spec, load_spec
+from keras_mmoe.data.spec import MISSING_ID, Spec, SpecLike, load_spec
 
 #: Rows whose hash falls below ``validation_fraction * HASH_BUCKETS`` form the validation split.
 HASH_BUCKETS = 1 << 30
@@ -93,7 +93,7 @@ class Source:
     kinds: dict = field(default_factory=dict)  # TFRecord: key -> "float" | "int64" | "bytes"
     what: str = "files"
 
-    def column_index(self, column, role):
+    def column_index(self, column: str, role: str) -> int:
         if column not in self.header:
             raise ValueError(f"{self.files[0]}: line 1: no column {column!r} ({role}); "
                              f"the header has: {', '.join(self.header)}")
@@ -635,7 +635,7 @@ def _limit_bad_rows(batches, max_bad_rows, what):
 
 
 def make_dataset(
-    spec,
+    spec: SpecLike,
     split: str = "train",
     *,
     files: Optional[Sequence[str]] = None,
@@ -762,13 +762,13 @@ class data_errors:
     ...     model.fit(make_dataset(spec, "train"), epochs=1)
     """
 
-    def __init__(self, spec, source: Optional[Source] = None):
+    def __init__(self, spec: SpecLike, source: Optional[Source] = None) -> None:
         self.spec, self.source = load_spec(spec), source
 
-    def __enter__(self):
+    def __enter__(self) -> "data_errors":
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Any) -> bool:
         if exc is None or not isinstance(exc, tf.errors.OpError):
             return False
         sources = [self.source] if self.source is not None else []
