@@ -240,16 +240,26 @@ def run(args: argparse.Namespace) -> int:
         results["tasks"][task] = metrics
         say(f"{task}: {describe(kinds[task], metrics)}")
 
-    if args.gates:
+    def gate_report():
         from keras_mmoe.diagnostics import diagnose
 
+        return diagnose(model, keras_dataset(model, held_out.features, args.batch_size))
+
+    return _report(results, args, gate_report)
+
+
+def _report(results: dict, args: argparse.Namespace, gate_report) -> int:
+    """The end of every evaluate: the gates' report with ``--gates`` (``gate_report()`` builds
+    it), the task metrics as JSON on stdout, and ``--json`` written; returns the exit code 0."""
+    from keras_mmoe import saving
+
+    if args.gates:
         try:
-            report = diagnose(model, keras_dataset(model, held_out.features, args.batch_size))
+            report = gate_report()
         except ValueError as error:
             raise CLIError(f"gate diagnostics: {error}") from None
         print(report.to_markdown())
         results["gates"] = report.to_dict()
-
     print(json.dumps(results["tasks"], indent=1))
     if args.json:
         saving.write_json(args.json, json.loads(json.dumps(results, default=float)))
@@ -308,22 +318,15 @@ def run_spec(args: argparse.Namespace, path: str, record: dict | None, where: st
                "tasks": {t: result["tasks"][t] for t in tasks}}
     for task in tasks:
         say(f"{task}: {describe_spec_metrics(results['tasks'][task])}")
-    if args.gates:
+    model = saving.load_keras_model(path) if args.gates else None
+
+    def gate_report():
         from keras_mmoe.data import make_dataset
         from keras_mmoe.diagnostics import diagnose
 
-        model = saving.load_keras_model(path)
-        try:
-            with warnings.catch_warnings():  # Keras 3 warns at the end of a dataset of unknown length
-                warnings.filterwarnings("ignore", message="Your input ran out of data")
-                report = diagnose(model, make_dataset(spec, "validation", files=files, batch_size=args.batch_size,
-                                                      shuffle=False).map(lambda x, y: x))
-        except ValueError as error:
-            raise CLIError(f"gate diagnostics: {error}") from None
-        print(report.to_markdown())
-        results["gates"] = report.to_dict()
-    print(json.dumps(results["tasks"], indent=1))
-    if args.json:
-        saving.write_json(args.json, json.loads(json.dumps(results, default=float)))
-        say(f"wrote {args.json}")
-    return 0
+        with warnings.catch_warnings():  # Keras 3 warns at the end of a dataset of unknown length
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            return diagnose(model, make_dataset(spec, "validation", files=files, batch_size=args.batch_size,
+                                                shuffle=False).map(lambda x, y: x))
+
+    return _report(results, args, gate_report)
