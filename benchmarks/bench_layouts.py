@@ -7,7 +7,10 @@ the same variables, gates and mixture (a batched matmul ``(batch, T, E) @ (batch
 * ``bmm``: transpose to ``(E, batch, u)``, one batched matmul per layer over the experts,
   transpose back;
 * ``split``: split the first layer's output into the E experts' ``(batch, u)`` blocks and run
-  one matmul (with bias and activation, fused by TensorFlow) per expert and layer, then stack.
+  one matmul (with bias and activation, fused by TensorFlow) per expert and layer, then stack;
+* ``split_all``: every layer per expert, the first one too: the first kernel viewed as
+  ``(d, E, u1)`` and unstacked into the E experts' ``(d, u1)`` kernels (one op whose gradient is
+  one stack, unlike E slices of the flat kernel, whose gradients are E kernel-sized tensors);
 
 and, as the reference, the per-expert ``loop`` (one matmul per expert for every layer, outputs
 stacked, mixture by multiply-and-sum, as most implementations are written). Each candidate's
@@ -37,7 +40,7 @@ D, T = 499, 2
 EXPERTS = (4, 16, 64)
 UNITS = ((16, 8), (64, 32), (256, 128), (128, 64, 32))
 BATCHES = (512, 4096)
-LAYOUTS = ("loop", "bmm", "split", "loop_bmm")
+LAYOUTS = ("loop", "bmm", "split", "loop_bmm", "split_all")
 
 
 class Problem:
@@ -78,6 +81,15 @@ class Problem:
                     h = tf.nn.relu(tf.nn.bias_add(tf.matmul(h, c(k[e])), c(b[e])))
                 outs.append(h)
             return tf.stack(outs, axis=1)
+        if layout == "split_all":
+            u0 = self.units[0]
+            kernels = tf.unstack(tf.reshape(c(self.kernels[0]), (D, E, u0)), num=E, axis=1)
+            biases = tf.unstack(tf.reshape(c(self.biases[0]), (E, u0)), num=E)
+            pieces = [tf.nn.relu(tf.nn.bias_add(tf.matmul(xx, w), bb)) for w, bb in zip(kernels, biases)]
+            for k, b in zip(self.kernels[1:], self.biases[1:]):
+                pieces = [tf.nn.relu(tf.nn.bias_add(tf.matmul(p, w), bb))
+                          for p, w, bb in zip(pieces, tf.unstack(c(k)), tf.unstack(c(b)))]
+            return tf.stack(pieces, axis=1)
         h = tf.nn.relu(tf.nn.bias_add(tf.matmul(xx, c(self.kernels[0])), c(self.biases[0])))
         h = tf.reshape(h, (-1, E, self.units[0]))
         if len(self.units) == 1:
@@ -127,11 +139,14 @@ def main():
     parser.add_argument("--units", nargs="+", default=[",".join(map(str, u)) for u in UNITS],
                         help="expert layer sizes, comma-separated per shape (default: the grid)")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS,
+                        help="the layouts to time (all are checked against the loop)")
     args = parser.parse_args()
+    layouts = args.layouts
     env = timing.environment()
     print(", ".join(f"{k} {v}" for k, v in env.items()), f"compute dtype {args.dtype}")
-    print("| experts | units | batch | step | " + " | ".join(f"{n} cpu ms" for n in LAYOUTS)
-          + " | split / bmm (cpu) | loop / best (cpu) | " + " | ".join(f"{n} wall ms" for n in LAYOUTS) + " |")
+    print("| experts | units | batch | step | " + " | ".join(f"{n} cpu ms" for n in layouts)
+          + " | split / bmm (cpu) | split_all / split (cpu) | " + " | ".join(f"{n} wall ms" for n in layouts) + " |")
     results = []
     units_grid = [tuple(int(u) for u in text.split(",")) for text in args.units]
     for num_experts, units, batch in itertools.product(args.experts, units_grid, args.batches):
@@ -142,21 +157,25 @@ def main():
             out = [o.numpy() for o in problem.outputs(problem.x, layout)]
             assert all(np.allclose(a.astype("float32"), b.astype("float32"), rtol=2e-2, atol=2e-2)
                        for a, b in zip(out, ref)), layout
-            train, predict = problem.steps(layout)
-            fns[(layout, "train")], fns[(layout, "predict")] = train, predict
+            if layout in layouts:
+                train, predict = problem.steps(layout)
+                fns[(layout, "train")], fns[(layout, "predict")] = train, predict
         load = timing.load_average()
         times = timing.measure(fns, args.repeats, warmup=2)
         for what in ("train", "predict"):
-            t = {layout: times[(layout, what)] for layout in LAYOUTS}
-            best = min(t[n]["cpu_ms"] for n in LAYOUTS if n != "loop")
+            t = {layout: times[(layout, what)] for layout in layouts}
+
+            def ratio(a, b):
+                return round(t[a]["cpu_ms"] / t[b]["cpu_ms"], 3) if a in t and b in t else None
+
             row = dict(num_experts=num_experts, units=list(units), batch=batch, step=what, load_before=load,
-                       load_after=timing.load_average(), **{layout: t[layout] for layout in LAYOUTS},
-                       split_over_bmm_cpu=round(t["split"]["cpu_ms"] / t["bmm"]["cpu_ms"], 3))
+                       load_after=timing.load_average(), **t, split_over_bmm_cpu=ratio("split", "bmm"),
+                       split_all_over_split_cpu=ratio("split_all", "split"))
             results.append(row)
             print(f"| {num_experts} | {units} | {batch} | {what} | "
-                  + " | ".join(f"{t[n]['cpu_ms']:.2f}" for n in LAYOUTS)
-                  + f" | {row['split_over_bmm_cpu']:.2f} | {t['loop']['cpu_ms'] / best:.2f} | "
-                  + " | ".join(f"{t[n]['wall_ms']:.2f}" for n in LAYOUTS) + " |", flush=True)
+                  + " | ".join(f"{t[n]['cpu_ms']:.2f}" for n in layouts)
+                  + f" | {row['split_over_bmm_cpu']} | {row['split_all_over_split_cpu']} | "
+                  + " | ".join(f"{t[n]['wall_ms']:.2f}" for n in layouts) + " |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "command": " ".join(sys.argv), "dtype": args.dtype, "results": results},

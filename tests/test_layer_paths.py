@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from keras_mmoe import ExpertBank, MMoELayer
 from keras_mmoe._keras import IS_KERAS_3, keras
+from keras_mmoe.layers import experts as experts_module
 from keras_mmoe.models import build_mmoe
 from test_layers import np_gate, np_mmoe
 
@@ -21,6 +22,10 @@ CASES = {
                                 expert_implementation="batched"),
     "mlp_experts_per_expert": dict(num_experts=4, expert_units=(7, 5, 3), task_names=["click", "buy"],
                                    expert_implementation="per_expert"),
+    # Every layer per expert, the first too (the path of large first layers; the size threshold
+    # is lowered for this case, see _case below).
+    "mlp_experts_all_per_expert": dict(num_experts=4, expert_units=(7, 5, 3), num_tasks=2,
+                                       expert_implementation="per_expert"),
     "shared_gate": dict(num_experts=3, expert_units=(6, 4), num_tasks=3, shared_gate=True,
                         expert_implementation="per_expert"),
     "gates_without_bias": dict(num_experts=4, expert_units=(6, 4), num_tasks=2, gate_use_bias=False),
@@ -28,7 +33,20 @@ CASES = {
                                  gate_temperature=0.5),
     "no_bias": dict(num_experts=3, expert_units=(4, 4), num_tasks=2, use_bias=False),
 }
+FIRST_LAYER_PER_EXPERT = {"mlp_experts_all_per_expert"}
 MODES = ("eager", "graph", "xla")
+
+
+def _case(case, monkeypatch):
+    """The layer arguments of ``case``; for the all-per-expert case, lowers the first-layer size
+    threshold so that the small test shapes take that path."""
+    if case in FIRST_LAYER_PER_EXPERT:
+        monkeypatch.setattr(experts_module, "PER_EXPERT_FIRST_LAYER_MIN_KERNEL_ENTRIES", 1)
+    return CASES[case]
+
+
+def _check_first_layer_path(layer, case):
+    assert layer.expert_bank.first_layer_per_expert == (case in FIRST_LAYER_PER_EXPERT)
 POLICIES = ("float32", "mixed_bfloat16")
 
 
@@ -49,10 +67,11 @@ def _tolerance(policy, ref):
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_forward_matches_numpy_in_every_mode_and_precision(case, mode, policy, rng):
-    layer = MMoELayer(return_gate_weights=True, seed=7, dtype=policy, **CASES[case])
+def test_forward_matches_numpy_in_every_mode_and_precision(case, mode, policy, rng, monkeypatch):
+    layer = MMoELayer(return_gate_weights=True, seed=7, dtype=policy, **_case(case, monkeypatch))
     x = rng.normal(size=(9, 8)).astype("float32")
     layer(x)  # build
+    _check_first_layer_path(layer, case)
     outputs, gates = _runner(mode, lambda t: layer(t, training=False))(tf.constant(x))
     ref_outputs, ref_gates = np_mmoe(layer, x)
     expected = tf.float32 if policy == "float32" else tf.bfloat16
@@ -105,6 +124,34 @@ def test_expert_bank_alone_matches_per_expert_mlps(rng):
 def test_auto_implementation_follows_the_measured_rule(units, num_experts, expected):
     assert ExpertBank(num_experts=num_experts, units=units).deeper_layers == expected
     assert ExpertBank(num_experts=num_experts, units=units, implementation="batched").deeper_layers == "batched"
+
+
+@pytest.mark.parametrize("in_dim,units,num_experts,expected", [
+    (499, (256, 128), 32, True),     # 499 * 256 first-kernel entries per expert >= 2**16
+    (499, (128, 64, 32), 64, False),  # 499 * 128 < 2**16
+    (512, (128, 64, 32), 16, True),   # 512 * 128 = 2**16
+    (499, (64, 32), 4, False),
+    (499, (256, 2), 32, False),       # deeper layers batched (256 * 2 < 32 * 32): first layer one matmul
+    (1000, 256, 8, False),            # one layer: one matmul
+])
+def test_first_layer_per_expert_follows_the_measured_rule(in_dim, units, num_experts, expected):
+    bank = ExpertBank(num_experts=num_experts, units=units)
+    bank.build((None, in_dim))
+    assert bank.first_layer_per_expert == expected
+
+
+def test_first_layer_per_expert_at_its_real_size_matches_the_one_matmul_path(rng):
+    # Above the threshold without lowering it: (256 inputs) x (256 units) per expert.
+    x = rng.normal(size=(5, 256)).astype("float32")
+    banks = [ExpertBank(num_experts=3, units=(256, 4), seed=4, implementation=impl) for impl in ("per_expert", "batched")]
+    outs = [bank(x).numpy() for bank in banks]
+    assert banks[0].first_layer_per_expert and not banks[1].first_layer_per_expert
+    k0, k1 = (k.numpy().astype("float64") for k in banks[0].kernels)
+    b0, b1 = (b.numpy().astype("float64") for b in banks[0].biases)
+    for i in range(3):
+        ref = np.maximum(np.maximum(x @ k0[:, i] + b0[i], 0) @ k1[i] + b1[i], 0)
+        np.testing.assert_allclose(outs[0][:, i], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
 
 
 def test_implementations_share_weights_and_results(rng):
@@ -180,15 +227,17 @@ def _np_loss(layer, arrays, x, r):
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
-    "case", ["mlp_experts_batched", "mlp_experts_per_expert", "shared_gate", "gates_without_bias", "gate_mlp_temperature"]
+    "case", ["mlp_experts_batched", "mlp_experts_per_expert", "mlp_experts_all_per_expert", "shared_gate",
+             "gates_without_bias", "gate_mlp_temperature"]
 )
-def test_gradients_match_finite_differences(case, mode, policy, rng):
+def test_gradients_match_finite_differences(case, mode, policy, rng, monkeypatch):
     # Random (not zero) biases: a row whose first-layer units are all dead would otherwise put
     # the next layer exactly on ReLU's kink, where finite differences are meaningless.
     layer = MMoELayer(seed=11, dtype=policy, bias_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=5),
-                      **CASES[case])
+                      **_case(case, monkeypatch))
     x = rng.normal(size=(6, 8))
     layer(x.astype("float32"))
+    _check_first_layer_path(layer, case)
     r = rng.normal(size=(layer.num_tasks, 6, layer.expert_bank.output_units))
     named = _named_variables(layer)
     names = sorted(named)
