@@ -34,13 +34,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
 
 import timing  # noqa: E402  (same directory)
-from bench_vs_deepctr import as_list, import_deepctr, make_steps  # noqa: E402
+from bench_vs_deepctr import import_deepctr, make_inputs, same_function, time_against_deepctr  # noqa: E402
 from keras_mmoe._keras import keras  # noqa: E402
 from keras_mmoe.models import build_cgc, build_ple  # noqa: E402
 
@@ -134,52 +133,15 @@ def describe(cfg):
 
 
 def run_size(name, cfg, xla=False, repeats=None):
-    repeats = repeats or cfg["repeats"]
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(cfg["batch"], cfg["input_dim"])).astype("float32"))
-    xp = x[: cfg["predict_batch"]]
-    ys = [tf.constant(rng.integers(0, 2, size=(cfg["batch"], 1)).astype("float32")) for _ in TASKS]
-
+    data = make_inputs(cfg)
     ours = build_keras_ple(cfg)
     deepctr = build_deepctr(cfg)
     copy_weights(ours, deepctr, cfg)
-    params = {"keras_mmoe": ours.count_params(), "deepctr": deepctr.count_params()}
-    if params["keras_mmoe"] != params["deepctr"]:
-        sys.exit(f"parameter counts differ: {params}")
-    check = x[:256]
-    a = np.concatenate([p.numpy() for p in as_list(ours(check, training=False))], axis=1)
-    b = np.concatenate([p.numpy() for p in as_list(deepctr(check, training=False))], axis=1)
-    max_diff = float(np.abs(a - b).max())
-    print(f"{name} ({describe(cfg)}): {params['keras_mmoe']} parameters each; "
-          f"max |keras-mmoe - DeepCTR| over 256 rows = {max_diff:.2e}")
-    if not max_diff <= 1e-5:
-        sys.exit("outputs differ: the two models do not compute the same function")
-
-    variants = {"deepctr": (deepctr, False), "float32": (ours, False)}
+    params, max_diff, _ = same_function(name, ours, deepctr, data[0][:256], f" ({describe(cfg)})")
+    models = {"deepctr": (deepctr, False), "float32": (ours, False)}
     if xla:
-        variants["float32_xla"] = (ours, True)
-    fns = {}
-    for key, (model, jit) in variants.items():
-        train_step, predict_step = make_steps(model, jit)
-        fns[(key, "train")] = lambda s=train_step: s(x, ys)
-        fns[(key, "predict")] = lambda s=predict_step: s(xp)
-    load_before = timing.load_average()
-    times = timing.measure(fns, repeats)
-    result = {"size": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k != "repeats"},
-              "repeats": repeats, "params": params["keras_mmoe"], "max_abs_diff_float32": max_diff,
-              "load_before": load_before, "load_after": timing.load_average(), "times": {}}
-    for what in ("train", "predict"):
-        base = times[("deepctr", what)]
-        result["times"][f"deepctr_{what}"] = base
-        print(f"  {what:8s} DeepCTR float32         wall {base['wall_ms']:9.2f} ms  cpu {base['cpu_ms']:9.2f} ms")
-        for variant in list(variants)[1:]:
-            t = times[(variant, what)]
-            t = dict(t, ratio_wall=timing.ratio(base, t), ratio_cpu=timing.ratio(base, t, "cpu_ms"))
-            result["times"][f"{variant}_{what}"] = t
-            print(f"  {what:8s} keras-mmoe {variant:12s} wall {t['wall_ms']:9.2f} ms  cpu {t['cpu_ms']:9.2f} ms"
-                  f"   DeepCTR / keras-mmoe: wall x{t['ratio_wall']}, cpu x{t['ratio_cpu']}")
-    print(f"  load {load_before} -> {result['load_after']}")
-    return result
+        models["float32_xla"] = (ours, True)
+    return time_against_deepctr(name, cfg, models, data, repeats or cfg["repeats"], params, max_diff)
 
 
 def main():

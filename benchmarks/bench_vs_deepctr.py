@@ -142,27 +142,67 @@ def make_steps(model, jit_compile=False):
     return train_step, predict_step
 
 
-def run_size(name, cfg, variants, repeats=None):
-    repeats = repeats or cfg["repeats"]
+def same_function(name, ours, deepctr, check, what=""):
+    """Checks the two models have the same parameter count and float32 outputs on ``check``
+    (exits otherwise); returns (parameter count, max difference, our outputs)."""
+    params = {"keras_mmoe": ours.count_params(), "deepctr": deepctr.count_params()}
+    if params["keras_mmoe"] != params["deepctr"]:
+        sys.exit(f"parameter counts differ: {params}")
+    a = np.concatenate([p.numpy() for p in as_list(ours(check, training=False))], axis=1)
+    b = np.concatenate([p.numpy() for p in as_list(deepctr(check, training=False))], axis=1)
+    max_diff = float(np.abs(a - b).max())
+    print(f"{name}{what}: {params['keras_mmoe']} parameters each; "
+          f"max |keras-mmoe - DeepCTR| over {len(check)} rows = {max_diff:.2e}")
+    if not max_diff <= 1e-5:
+        sys.exit("outputs differ: the two models do not compute the same function")
+    return params["keras_mmoe"], max_diff, a
+
+
+def time_against_deepctr(name, cfg, models, data, repeats, params, max_diff):
+    """Times every model's train and predict step, alternating in this process, and prints and
+    returns each against DeepCTR's. ``models``: {"deepctr": (model, False), variant: (model, jit)}."""
+    x, ys, xp = data
+    fns = {}
+    for key, (model, jit) in models.items():
+        train_step, predict_step = make_steps(model, jit)
+        fns[(key, "train")] = lambda s=train_step: s(x, ys)
+        fns[(key, "predict")] = lambda s=predict_step: s(xp)
+    load_before = timing.load_average()
+    times = timing.measure(fns, repeats)
+    result = {"size": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k != "repeats"},
+              "repeats": repeats, "params": params, "max_abs_diff_float32": max_diff,
+              "load_before": load_before, "load_after": timing.load_average(), "times": {}}
+    variants = [k for k in models if k != "deepctr"]
+    width = max(12, max(map(len, variants)))
+    for what in ("train", "predict"):
+        base = times[("deepctr", what)]
+        result["times"][f"deepctr_{what}"] = base
+        print(f"  {what:8s} DeepCTR {'float32':{width + 3}s} wall {base['wall_ms']:9.2f} ms  cpu {base['cpu_ms']:9.2f} ms")
+        for variant in variants:
+            t = times[(variant, what)]
+            t = dict(t, ratio_wall=timing.ratio(base, t), ratio_cpu=timing.ratio(base, t, "cpu_ms"))
+            result["times"][f"{variant}_{what}"] = t
+            print(f"  {what:8s} keras-mmoe {variant:{width}s} wall {t['wall_ms']:9.2f} ms  cpu {t['cpu_ms']:9.2f} ms"
+                  f"   DeepCTR / keras-mmoe: wall x{t['ratio_wall']}, cpu x{t['ratio_cpu']}")
+    print(f"  load {load_before} -> {result['load_after']}")
+    return result
+
+
+def make_inputs(cfg):
+    """(x, labels, predict batch): seeded random inputs of the size's shapes."""
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(cfg["batch"], cfg["input_dim"])).astype("float32"))
-    xp = x[: cfg["predict_batch"]]
     ys = [tf.constant(rng.integers(0, 2, size=(cfg["batch"], 1)).astype("float32")) for _ in TASKS]
+    return x, ys, x[: cfg["predict_batch"]]
 
+
+def run_size(name, cfg, variants, repeats=None):
+    data = make_inputs(cfg)
+    check = data[0][:256]
     reference = build_keras_mmoe(cfg)
     deepctr = build_deepctr(cfg)
     copy_weights(reference, deepctr, cfg)
-    params = {"keras_mmoe": reference.count_params(), "deepctr": deepctr.count_params()}
-    if params["keras_mmoe"] != params["deepctr"]:
-        sys.exit(f"parameter counts differ: {params}")
-    check = x[:256]
-    a = np.concatenate([p.numpy() for p in as_list(reference(check, training=False))], axis=1)
-    b = np.concatenate([p.numpy() for p in as_list(deepctr(check, training=False))], axis=1)
-    max_diff = float(np.abs(a - b).max())
-    print(f"{name}: {params['keras_mmoe']} parameters each; max |keras-mmoe - DeepCTR| over 256 rows = {max_diff:.2e}")
-    if not max_diff <= 1e-5:
-        sys.exit("outputs differ: the two models do not compute the same function")
-
+    params, max_diff, a = same_function(name, reference, deepctr, check)
     models = {"deepctr": (deepctr, False)}
     for variant in variants:
         dtype = "mixed_bfloat16" if variant.startswith("mixed_bfloat16") else None
@@ -173,27 +213,7 @@ def run_size(name, cfg, variants, repeats=None):
         if variant != "float32":
             out = np.concatenate([p.numpy() for p in as_list(model(check, training=False))], axis=1)
             print(f"  {variant}: max |difference| from float32 = {np.abs(out - a).max():.2e}")
-    fns = {}
-    for key, (model, jit) in models.items():
-        train_step, predict_step = make_steps(model, jit)
-        fns[(key, "train")] = lambda s=train_step: s(x, ys)
-        fns[(key, "predict")] = lambda s=predict_step: s(xp)
-    load_before = timing.load_average()
-    times = timing.measure(fns, repeats)
-    result = {"size": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k != "repeats"},
-              "repeats": repeats, "params": params["keras_mmoe"], "max_abs_diff_float32": max_diff,
-              "load_before": load_before, "load_after": timing.load_average(), "times": {}}
-    for what in ("train", "predict"):
-        base = times[("deepctr", what)]
-        result["times"][f"deepctr_{what}"] = base
-        print(f"  {what:8s} DeepCTR float32        wall {base['wall_ms']:9.2f} ms  cpu {base['cpu_ms']:9.2f} ms")
-        for variant in variants:
-            t = times[(variant, what)]
-            t = dict(t, ratio_wall=timing.ratio(base, t), ratio_cpu=timing.ratio(base, t, "cpu_ms"))
-            result["times"][f"{variant}_{what}"] = t
-            print(f"  {what:8s} keras-mmoe {variant:19s} wall {t['wall_ms']:9.2f} ms  cpu {t['cpu_ms']:9.2f} ms"
-                  f"   DeepCTR / keras-mmoe: wall x{t['ratio_wall']}, cpu x{t['ratio_cpu']}")
-    return result
+    return time_against_deepctr(name, cfg, models, data, repeats or cfg["repeats"], params, max_diff)
 
 
 def main():
