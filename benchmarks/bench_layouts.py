@@ -131,6 +131,7 @@ class Problem:
 
 
 def main():
+    global D  # the problems read the module's input width
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -139,10 +140,12 @@ def main():
     parser.add_argument("--units", nargs="+", default=[",".join(map(str, u)) for u in UNITS],
                         help="expert layer sizes, comma-separated per shape (default: the grid)")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--input-dim", type=int, default=D, help=f"input width d (default {D})")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS,
                         help="the layouts to time (all are checked against the loop)")
     args = parser.parse_args()
     layouts = args.layouts
+    D = args.input_dim
     env = timing.environment()
     print(", ".join(f"{k} {v}" for k, v in env.items()), f"compute dtype {args.dtype}")
     print("| experts | units | batch | step | " + " | ".join(f"{n} cpu ms" for n in layouts)

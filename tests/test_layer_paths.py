@@ -22,7 +22,7 @@ CASES = {
                                 expert_implementation="batched"),
     "mlp_experts_per_expert": dict(num_experts=4, expert_units=(7, 5, 3), task_names=["click", "buy"],
                                    expert_implementation="per_expert"),
-    # Every layer per expert, the first too (the path of large first layers; the size threshold
+    # Every layer per expert, the first too (the path of wide first layers; the minimum width
     # is lowered for this case, see _case below).
     "mlp_experts_all_per_expert": dict(num_experts=4, expert_units=(7, 5, 3), num_tasks=2,
                                        expert_implementation="per_expert"),
@@ -41,7 +41,7 @@ def _case(case, monkeypatch):
     """The layer arguments of ``case``; for the all-per-expert case, lowers the first-layer size
     threshold so that the small test shapes take that path."""
     if case in FIRST_LAYER_PER_EXPERT:
-        monkeypatch.setattr(experts_module, "PER_EXPERT_FIRST_LAYER_MIN_KERNEL_ENTRIES", 1)
+        monkeypatch.setattr(experts_module, "PER_EXPERT_FIRST_LAYER_MIN_UNITS", 1)
     return CASES[case]
 
 
@@ -127,12 +127,14 @@ def test_auto_implementation_follows_the_measured_rule(units, num_experts, expec
 
 
 @pytest.mark.parametrize("in_dim,units,num_experts,expected", [
-    (499, (256, 128), 32, True),     # 499 * 256 first-kernel entries per expert >= 2**16
-    (499, (128, 64, 32), 64, False),  # 499 * 128 < 2**16
-    (512, (128, 64, 32), 16, True),   # 512 * 128 = 2**16
-    (499, (64, 32), 4, False),
+    (499, (256, 128), 32, True),      # u_1 >= 64 and d = 499 <= 2 * 256
+    (128, (256, 128), 16, True),      # PLE's second level at the large size
+    (499, (128, 64, 32), 64, False),  # d = 499 > 2 * 128
+    (256, (128, 64, 32), 16, True),   # d = 256 = 2 * 128
+    (32, (64, 32), 4, True),
+    (32, (32, 32), 4, False),         # u_1 < 64
     (499, (256, 2), 32, False),       # deeper layers batched (256 * 2 < 32 * 32): first layer one matmul
-    (1000, 256, 8, False),            # one layer: one matmul
+    (100, 256, 8, False),             # one layer: one matmul
 ])
 def test_first_layer_per_expert_follows_the_measured_rule(in_dim, units, num_experts, expected):
     bank = ExpertBank(num_experts=num_experts, units=units)

@@ -12,9 +12,11 @@ IMPLEMENTATIONS = ("auto", "batched", "per_expert")
 #: ``"auto"`` computes deeper layers per expert when every deeper kernel has at least this many
 #: entries (u_{l-1} * u_l) per expert of the bank; see benchmarks/bench_layouts.py.
 PER_EXPERT_MIN_KERNEL_ENTRIES_PER_EXPERT = 32
-#: With deeper layers per expert, the first layer is per expert too when each expert's first
-#: kernel (d * u_1) has at least this many entries; see benchmarks/bench_layouts.py (``split_all``).
-PER_EXPERT_FIRST_LAYER_MIN_KERNEL_ENTRIES = 1 << 16
+#: With deeper layers per expert, the first layer is per expert too when u_1 is at least this
+#: and the input width d is at most ``PER_EXPERT_FIRST_LAYER_MAX_INPUTS_PER_UNIT * u_1``; see
+#: benchmarks/bench_layouts.py (``split_all``) and benchmarks/README.md.
+PER_EXPERT_FIRST_LAYER_MIN_UNITS = 64
+PER_EXPERT_FIRST_LAYER_MAX_INPUTS_PER_UNIT = 2
 #: Keras activations that act on each element alone. On the flat first-layer product
 #: (batch, E*u) they give the same result as per expert, and TensorFlow fuses them into the
 #: matmul; any other activation is applied per expert, on the (batch, E, u) view.
@@ -45,13 +47,15 @@ class ExpertBank(keras.layers.Layer):
     timing both over a grid of shapes (benchmarks/bench_layouts.py, benchmarks/README.md);
     on that grid the rule is never more than 7% slower than the faster of the two.
 
-    With ``"per_expert"`` deeper layers and a large first layer (each expert's first kernel has
-    at least 2**16 entries, ``d * u_1 >= 65536``), the first layer is computed per expert too:
+    With ``"per_expert"`` deeper layers and a wide first layer that is not much narrower than
+    the input (``u_1 >= 64`` and ``d <= 2 * u_1``), the first layer is computed per expert too:
     ``(batch, d) x (d, u_1)`` for each expert's ``(d, u_1)`` slice of ``kernel_0``, so each
     expert's activations go from one layer to the next without the (batch, E, u_1) tensor being
-    written and cut into blocks (measured: 4-11% less CPU in the forward pass at those sizes,
-    0-5% in the training step; more CPU below that size, where E small products cost more in
-    per-op overhead than they save).
+    written and cut into blocks. What it costs instead is one copy of the kernel into the E
+    slices, which grows with d; with narrow experts the E small products cost more in per-op
+    overhead than they save. Measured (benchmarks/bench_layouts.py, benchmarks/README.md): inside
+    the rule, less CPU in 69 of 72 cells at d = 32 and 128 (up to 35% less; the other 3, four
+    experts at batch 512, up to 13% more) and 0-9% less at d = 499; with u_1 = 16, up to 1.9x more.
 
     Weights: ``kernel_0`` of shape (d, E, u_1) and, for deeper experts, ``kernel_l`` of shape
     (E, u_l, u_{l+1}); biases (E, u). Each expert's kernels are drawn separately with the
@@ -200,11 +204,12 @@ class ExpertBank(keras.layers.Layer):
 
     @property
     def first_layer_per_expert(self) -> bool:
-        """Whether the first layer is computed per expert (with per-expert deeper layers, when
-        each expert's first kernel has at least ``PER_EXPERT_FIRST_LAYER_MIN_KERNEL_ENTRIES`` entries)."""
+        """Whether the first layer is computed per expert: with per-expert deeper layers, when
+        ``u_1 >= PER_EXPERT_FIRST_LAYER_MIN_UNITS`` and ``d <= PER_EXPERT_FIRST_LAYER_MAX_INPUTS_PER_UNIT * u_1``."""
         if self.experts is not None or len(self.units) < 2 or self.deeper_layers != "per_expert":
             return False
-        return int(self.kernels[0].shape[0]) * self.units[0] >= PER_EXPERT_FIRST_LAYER_MIN_KERNEL_ENTRIES
+        units, in_dim = self.units[0], int(self.kernels[0].shape[0])
+        return units >= PER_EXPERT_FIRST_LAYER_MIN_UNITS and in_dim <= PER_EXPERT_FIRST_LAYER_MAX_INPUTS_PER_UNIT * units
 
     def _first_layer(self, x):
         """All experts' first layer: (batch, d) -> (batch, E, u_1)."""
