@@ -44,22 +44,22 @@ LAYOUTS = ("loop", "bmm", "split", "loop_bmm", "split_all")
 
 
 class Problem:
-    def __init__(self, num_experts, units, batch, dtype):
+    def __init__(self, num_experts, units, batch, dtype, in_dim=D):
         rng = np.random.default_rng(0)
-        self.E, self.units, self.dtype = num_experts, units, dtype
+        self.E, self.units, self.dtype, self.D = num_experts, units, dtype, in_dim
 
         def var(*shape):
             return tf.Variable((rng.normal(size=shape) * 0.05).astype("float32"))
 
-        dims = (D,) + tuple(units)
-        self.kernels = [var(D, num_experts * units[0])] + [
+        dims = (in_dim,) + tuple(units)
+        self.kernels = [var(in_dim, num_experts * units[0])] + [
             var(num_experts, dims[i], dims[i + 1]) for i in range(1, len(units))
         ]
         self.biases = [var(num_experts * units[0])] + [var(num_experts, u) for u in units[1:]]
-        self.gates = [var(D, num_experts) for _ in range(T)]
+        self.gates = [var(in_dim, num_experts) for _ in range(T)]
         self.heads = [var(units[-1], 1) for _ in range(T)]
         self.variables = self.kernels + self.biases + self.gates + self.heads
-        self.x = tf.constant(rng.normal(size=(batch, D)).astype("float32"))
+        self.x = tf.constant(rng.normal(size=(batch, in_dim)).astype("float32"))
         self.ys = [tf.constant(rng.normal(size=(batch, 1)).astype("float32")) for _ in range(T)]
 
     def c(self, v):
@@ -83,7 +83,7 @@ class Problem:
             return tf.stack(outs, axis=1)
         if layout == "split_all":
             u0 = self.units[0]
-            kernels = tf.unstack(tf.reshape(c(self.kernels[0]), (D, E, u0)), num=E, axis=1)
+            kernels = tf.unstack(tf.reshape(c(self.kernels[0]), (self.D, E, u0)), num=E, axis=1)
             biases = tf.unstack(tf.reshape(c(self.biases[0]), (E, u0)), num=E)
             pieces = [tf.nn.relu(tf.nn.bias_add(tf.matmul(xx, w), bb)) for w, bb in zip(kernels, biases)]
             for k, b in zip(self.kernels[1:], self.biases[1:]):
@@ -131,7 +131,6 @@ class Problem:
 
 
 def main():
-    global D  # the problems read the module's input width
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -145,7 +144,6 @@ def main():
                         help="the layouts to time (all are checked against the loop)")
     args = parser.parse_args()
     layouts = args.layouts
-    D = args.input_dim
     env = timing.environment()
     print(", ".join(f"{k} {v}" for k, v in env.items()), f"compute dtype {args.dtype}")
     print("| experts | units | batch | step | " + " | ".join(f"{n} cpu ms" for n in layouts)
@@ -153,7 +151,7 @@ def main():
     results = []
     units_grid = [tuple(int(u) for u in text.split(",")) for text in args.units]
     for num_experts, units, batch in itertools.product(args.experts, units_grid, args.batches):
-        problem = Problem(num_experts, units, batch, tf.as_dtype(args.dtype))
+        problem = Problem(num_experts, units, batch, tf.as_dtype(args.dtype), args.input_dim)
         ref = [o.numpy() for o in problem.outputs(problem.x, "loop")]
         fns = {}
         for layout in LAYOUTS:

@@ -229,25 +229,24 @@ class ExpertBank(keras.layers.Layer):
         if self.experts is not None:
             return tf.stack([expert(inputs, training=training) for expert in self.experts], axis=1)
         dtype = self.compute_dtype
+        x = tf.cast(inputs, dtype)
         if len(self.units) == 1:
-            return self._first_layer(tf.cast(inputs, dtype))
+            return self._first_layer(x)
         e = self.num_experts
         if self.deeper_layers == "per_expert":
-            # E independent (batch, u) @ (u, v) matmuls per layer, each with bias and activation.
+            # E independent (batch, u) @ (u, v) matmuls per layer, each with bias and activation;
+            # the first layer too when it is wide (kernel_0 is (d, E, u_1): experts on axis 1).
             if self.first_layer_per_expert:
-                kernels = tf.unstack(tf.cast(self.kernels[0], dtype), num=e, axis=1)  # E x (d, u_1)
-                biases = tf.unstack(tf.cast(self.biases[0], dtype), num=e) if self.use_bias else [None] * e
-                x = tf.cast(inputs, dtype)
-                pieces = [self._dense(x, k, b) for k, b in zip(kernels, biases)]
+                pieces, first = [x] * e, 0
             else:
-                pieces = tf.unstack(self._first_layer(tf.cast(inputs, dtype)), num=e, axis=1)
-            for layer in range(1, len(self.units)):
-                kernels = tf.unstack(tf.cast(self.kernels[layer], dtype), num=e)
+                pieces, first = tf.unstack(self._first_layer(x), num=e, axis=1), 1
+            for layer in range(first, len(self.units)):
+                kernels = tf.unstack(tf.cast(self.kernels[layer], dtype), num=e, axis=1 if layer == 0 else 0)
                 biases = tf.unstack(tf.cast(self.biases[layer], dtype), num=e) if self.use_bias else [None] * e
                 pieces = [self._dense(p, k, b) for p, k, b in zip(pieces, kernels, biases)]
             return tf.stack(pieces, axis=1)
         # One batched matmul per layer over experts: (E, batch, u) @ (E, u, v).
-        h = tf.transpose(self._first_layer(tf.cast(inputs, dtype)), (1, 0, 2))
+        h = tf.transpose(self._first_layer(x), (1, 0, 2))
         for layer in range(1, len(self.units)):
             h = tf.matmul(h, tf.cast(self.kernels[layer], dtype))
             if self.use_bias:
